@@ -1,0 +1,41 @@
+"Progressive unfreezing under `learn.distrib_ctx()`: run with `torchrun --nproc_per_node 2 tests/distrib_script.py OUT.json`"
+import json, sys
+import torch, torch.distributed as dist
+from fastai.basics import *
+from fastai.distributed import *
+from finetune_nb.all import *
+
+# fastai's DistributedDL broadcasts the shuffled indices as a CUDA tensor (NCCL needs one); with gloo on the CPU a CPU tensor
+# is what works, so this test swaps in the CPU version of the same broadcast.
+@patch
+def _broadcast(self:DistributedDL, t, rank):
+    t = LongTensor(t)
+    dist.broadcast(t, rank)
+    return t.tolist()
+
+class Net(nn.Module):
+    def __init__(self, n_out=3):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3,8,3,padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.Sequential(nn.Conv2d(8,16,3,padding=1), nn.BatchNorm2d(16), nn.ReLU()),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Linear(16, n_out)
+    def forward(self, x): return self.classifier(self.features(x))
+
+class NoteGroups(Callback):
+    order = 5
+    def before_fit(self): self.seen = getattr(self, 'seen', []) + [[i for i in range(self.learn.n_groups) if i in self.learn.trainable_groups]]
+
+set_seed(0)
+learn = Learner(synth_dls(n=128, bs=16), Net(), loss_func=CrossEntropyLossFlat(), splitter=auto_splitter, metrics=accuracy)
+learn.remove_cb(ProgressCallback)
+conv0 = learn.model.features[0].weight.detach().clone()
+note = NoteGroups()
+with learn.distrib_ctx(sync_bn=False, cpu=True):  # gloo on the CPU; on GPUs drop `cpu=True`
+    hist = learn.fine_tune_progressive(epochs=1, lr_max=1e-2, cbs=note)
+w = torch.cat([p.detach().flatten() for p in learn.model.parameters()])
+sums = [None]*dist.get_world_size()
+dist.all_gather_object(sums, float(w.double().sum()))
+if dist.get_rank() == 0:
+    Path(sys.argv[1]).write_text(json.dumps(dict(world_size=dist.get_world_size(), phases=note.seen, sums=sums,
+        epochs=len(hist), conv_changed=not torch.equal(learn.model.features[0].weight, conv0))))

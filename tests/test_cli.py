@@ -1,0 +1,64 @@
+"The `finetune_nb` command as a user runs it: bad options, Ctrl-C, and the full offline demo"
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+import pytest, torch
+
+def run(*args, timeout=600, **kw):
+    return subprocess.run(['finetune_nb', *args], capture_output=True, text=True, timeout=timeout, **kw)
+
+@pytest.mark.parametrize('args,msg', [
+    (['--epochs', '-1'], '--epochs must be a positive integer'),
+    (['--epochs', 'x'], "invalid int value: 'x'"),
+    (['--device', 'tpu'], "is not a device"),
+    (['--k-shot', '0'], '--k-shot must be a positive integer'),
+    (['--size', '8'], '--size must be at least 32'),
+    (['--lr', '0'], '--lr must be positive'),
+    (['--bogus'], 'unrecognized arguments: --bogus'),
+])
+def test_bad_option_one_line(args, msg, tmp_path):
+    r = run('demo', '--out', str(tmp_path/'out'), *args)
+    assert r.returncode == 2, r
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and msg in lines[0], r.stderr
+    assert not (tmp_path/'out'/'model.pth').exists()
+
+def test_unwritable_out(tmp_path):
+    f = tmp_path/'afile'; f.write_text('')
+    r = run('demo', '--out', str(f/'sub'))
+    assert r.returncode == 2 and r.stderr.count('\n') == 1 and 'cannot write there' in r.stderr, r.stderr
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_gpu(tmp_path):
+    r = run('demo', '--device', 'cuda', '--out', str(tmp_path))
+    assert r.returncode == 2 and 'no CUDA GPU is available' in r.stderr and r.stderr.count('\n') == 1, r.stderr
+
+def test_ctrl_c_keeps_last_epoch(tmp_path):
+    "SIGINT (Ctrl-C) mid-training leaves the last completed epoch's model saved"
+    out = tmp_path/'out'
+    p = subprocess.Popen(['finetune_nb', 'demo', '--epochs', '50', '--size', '32', '--k-shot', '10', '--quiet', '--out', str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not (out/'model.pth').exists() and time.time()-t0 < 300 and p.poll() is None: time.sleep(0.2)
+    assert p.poll() is None, p.communicate()
+    time.sleep(1.0)
+    p.send_signal(signal.SIGINT)
+    stdout,stderr = p.communicate(timeout=120)
+    assert p.returncode == 130, (stdout, stderr)
+    assert 'Interrupted: the model of the last completed epoch' in stderr, stderr
+    from finetune_nb.learner import load_model
+    m,meta = load_model(out/'model.pth')
+    assert meta['epochs_done'] >= 1 and meta['epochs_done'] < 53
+    assert f"({meta['epochs_done']})" in stderr
+    assert not [o for o in out.iterdir() if o.suffix == '.tmp']
+
+def test_demo_end_to_end(tmp_path):
+    "The README's main job: offline fine-tune to > 90% validation accuracy, with model and curves saved"
+    r = run('demo', '--quiet', '--out', str(tmp_path), timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads((tmp_path/'summary.json').read_text())
+    assert s['accuracy'] > 0.9, s
+    assert 'Validation accuracy:' in r.stdout and str(tmp_path/'model.pth') in r.stdout
+    assert (tmp_path/'training.png').stat().st_size > 10_000
+    from finetune_nb.learner import load_model
+    m,meta = load_model(tmp_path/'model.pth')
+    assert meta['epochs_done'] == s['epochs'] == 6

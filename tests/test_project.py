@@ -1,0 +1,37 @@
+"The project's own promises: README in sync with index.ipynb, CI running the README's test command, one constraints file"
+import re, subprocess
+from pathlib import Path
+root = Path(__file__).parent.parent
+
+def readme_commands(text): return re.findall(r'```sh\n(.+?)\n```', text)
+
+def test_readme_is_rendered_from_index():
+    from finetune_nb.docs import readme_md
+    assert (root/'README.md').read_text() == readme_md(root/'nbs'/'index.ipynb'), "README.md is stale: run `finetune_nb readme`"
+
+def test_two_readme_commands():
+    cmds = readme_commands((root/'README.md').read_text())
+    assert len(cmds) == 2, cmds
+    assert cmds[0].endswith('finetune_nb demo') and all(c.startswith('pip install -c constraints.txt -e ".[dev]" && ') for c in cmds)
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    test_cmd = readme_commands((root/'README.md').read_text())[1]
+    assert test_cmd in (root/'.ci'/'run').read_text().splitlines()
+
+def test_constraints_pin_the_toolchain():
+    c = (root/'constraints.txt').read_text()
+    for pin in ('nbdev==2.4.14', 'fastcore>=1.14.5,<2', 'execnb<0.2', 'plum-dispatch<2.10'): assert pin in c.splitlines()
+    import fastcore, nbdev, execnb
+    assert nbdev.__version__ == '2.4.14' and int(fastcore.__version__.split('.')[0]) < 2
+
+def test_readme_command_checks():
+    r = subprocess.run(['finetune_nb', 'readme', '--check'], cwd=root, capture_output=True, text=True)
+    assert r.returncode == 0 and 'up to date' in r.stdout, r
+
+def test_html_docs_build(tmp_path):
+    r = subprocess.run(['finetune_nb', 'docs', '--dest', str(tmp_path)], cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    index = (tmp_path/'index.html').read_text()
+    nbs = sorted(p.stem for p in (root/'nbs').glob('*.ipynb'))
+    for n in nbs: assert f'href="{n}.html"' in index and (tmp_path/f'{n}.html').stat().st_size > 1000
+    assert 'auto_splitter' in (tmp_path/'02_groups.html').read_text()
