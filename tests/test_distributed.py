@@ -5,7 +5,7 @@ from pathlib import Path
 def test_two_process_progressive(tmp_path):
     out = tmp_path/'dist.json'
     torchrun = shutil.which('torchrun') or str(Path(sys.executable).parent/'torchrun')
-    r = subprocess.run([torchrun, '--nproc_per_node', '2', '--master_port', '29517', str(Path(__file__).parent/'distrib_script.py'), str(out)],
+    r = subprocess.run([torchrun, '--standalone', '--nproc_per_node', '2', str(Path(__file__).parent/'distrib_script.py'), str(out)],
                        capture_output=True, text=True, timeout=600, env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert r.returncode == 0, r.stderr[-3000:]
     d = json.loads(out.read_text())

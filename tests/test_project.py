@@ -31,7 +31,9 @@ def test_readme_command_checks():
 def test_html_docs_build(tmp_path):
     r = subprocess.run(['finetune_nb', 'docs', '--dest', str(tmp_path)], cwd=root, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    index = (tmp_path/'index.html').read_text()
+    contents = (tmp_path/'contents.html').read_text()
     nbs = sorted(p.stem for p in (root/'nbs').glob('*.ipynb'))
-    for n in nbs: assert f'href="{n}.html"' in index and (tmp_path/f'{n}.html').stat().st_size > 1000
+    for n in nbs: assert f'href="{n}.html"' in contents and (tmp_path/f'{n}.html').stat().st_size > 10_000
+    front = (tmp_path/'index.html').read_text()
+    assert 'finetune_learner' in front and 'href="02_groups.html"' in front   # the front page links the tutorials' pages
     assert 'auto_splitter' in (tmp_path/'02_groups.html').read_text()
