@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/99_all.ipynb #454620eb
+# %% ../nbs/99_all.ipynb #307a057b
 from fastai.vision.all import *
 from .models import *
 from .data import *
@@ -13,6 +13,7 @@ from .groups import *
 from .discriminative import *
 from .progressive import *
 from .learner import *
+from .panels import *
 
-# %% ../nbs/99_all.ipynb #2fd0625a
+# %% ../nbs/99_all.ipynb #d325b0e6
 __all__ = [o for o in dir() if not o.startswith('_')]

@@ -1,0 +1,49 @@
+"""Cost of watching training: time per epoch on the demo task with no progress callbacks, with fastai's defaults
+(ProgressCallback + ShowGraphCallback) and with LivePanel, measured inside a Jupyter kernel (where the widgets and
+fastai's HTML progress really render to messages), interleaved, in one run.
+
+    python benchmarks/panel_overhead.py --epochs 2 --repeats 3
+"""
+import argparse, json, sys, time
+from pathlib import Path
+
+def measure(epochs=2, repeats=3, size=64):
+    "Seconds per epoch for each way of watching, interleaved over `repeats` rounds"
+    import warnings; warnings.filterwarnings('ignore')
+    from fastai.vision.all import ProgressCallback, ShowGraphCallback, set_seed
+    from finetune_nb.all import digits_dls, finetune_learner, LivePanel, has_widget_frontend
+    dls = digits_dls(size=size)
+    res = {'none': [], 'fastai': [], 'live_panel': []}
+    for r in range(repeats):
+        for name in res:
+            set_seed(r)
+            learn = finetune_learner(dls)
+            learn.remove_cb(ProgressCallback)
+            cbs = {'none': [], 'fastai': [ProgressCallback(), ShowGraphCallback()], 'live_panel': [LivePanel(png=False)]}[name]
+            t0 = time.perf_counter()
+            learn.fit_one_cycle(epochs, 1e-3, cbs=cbs)
+            res[name].append((time.perf_counter()-t0)/epochs)
+    return dict(frontend=has_widget_frontend(), epochs=epochs, repeats=repeats, per_epoch=res)
+
+def in_kernel(epochs, repeats):
+    "Run `measure` in a fresh IPython kernel and return its result"
+    from jupyter_client.manager import start_new_kernel
+    km,kc = start_new_kernel(kernel_name='python3')
+    try:
+        code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import panel_overhead, json; print(json.dumps(panel_overhead.measure({epochs}, {repeats})))"
+        out = []
+        kc.execute_interactive(code, timeout=3600, output_hook=lambda m: out.append(m['content'].get('text', '')) if m['msg_type']=='stream' else None)
+        return json.loads([l for l in ''.join(out).splitlines() if l.startswith('{')][-1])
+    finally: km.shutdown_kernel(now=True)
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser()
+    p.add_argument('--epochs', type=int, default=2)
+    p.add_argument('--repeats', type=int, default=3)
+    a = p.parse_args()
+    r = in_kernel(a.epochs, a.repeats)
+    import statistics as s
+    base = s.median(r['per_epoch']['none'])
+    print(f"inside a Jupyter kernel (widget frontend: {r['frontend']}), {a.repeats} interleaved rounds of {a.epochs} epochs")
+    for k,v in r['per_epoch'].items():
+        print(f"{k:>11}: median {s.median(v):6.2f} s/epoch  ({s.median(v)/base:.3f}x none)  runs: {', '.join(f'{x:.2f}' for x in v)}")
