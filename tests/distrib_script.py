@@ -13,21 +13,11 @@ def _broadcast(self:DistributedDL, t, rank):
     dist.broadcast(t, rank)
     return t.tolist()
 
-class Net(nn.Module):
-    def __init__(self, n_out=3):
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3,8,3,padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                      nn.Sequential(nn.Conv2d(8,16,3,padding=1), nn.BatchNorm2d(16), nn.ReLU()),
-                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.classifier = nn.Linear(16, n_out)
-    def forward(self, x): return self.classifier(self.features(x))
-
 class NoteGroups(Callback):
     order = 5
     def before_fit(self): self.seen = getattr(self, 'seen', []) + [[i for i in range(self.learn.n_groups) if i in self.learn.trainable_groups]]
 
-set_seed(0)
-learn = Learner(synth_dls(n=128, bs=16), Net(), loss_func=CrossEntropyLossFlat(), splitter=auto_splitter, metrics=accuracy)
+learn = tiny_learner(synth_dls(n=128, bs=16))
 learn.remove_cb(ProgressCallback)
 conv0 = learn.model.features[0].weight.detach().clone()
 note = NoteGroups()
