@@ -14,7 +14,7 @@ def run(*args, timeout=600, **kw):
     (['--size', '8'], '--size must be at least 32'),
     (['--lr', '0'], '--lr must be positive'),
     (['--bogus'], 'unrecognized arguments: --bogus'),
-    (['--groups', '50'], '--groups must be at most 10'),
+    (['--groups', '50'], '--groups must be at most 9'),
 ])
 def test_bad_option_one_line(args, msg, tmp_path):
     r = run('demo', '--out', str(tmp_path/'out'), *args)
