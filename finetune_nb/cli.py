@@ -46,7 +46,7 @@ def check_out(out:str|Path) -> Path:
     except OSError as e: raise DemoError(f"--out {out}: cannot write there ({e.strerror or e})") from None
     return out
 
-# %% ../nbs/07_cli.ipynb #f7376432
+# %% ../nbs/07_cli.ipynb #a08ddc2a
 def demo(epochs:int=3, # Epochs of the last phase (every group training)
          size:int=64, # Image size fed to the model
          k_shot:int|None=None, # Training images per class (default: all, about 144)
@@ -58,6 +58,7 @@ def demo(epochs:int=3, # Epochs of the last phase (every group training)
          seed:int=42, # Seed of the split and of training
          quiet:bool=False): # No progress bars
     "Fine-tune the offline EfficientNet-Lite0 on scikit-learn's digits with progressive unfreezing"
+    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')  # raised by a dependency at import
     _positive('epochs', epochs); _positive('size', size); _positive('k-shot', k_shot, allow_none=True)
     _positive('groups', n_groups); _positive('bs', bs)
     if not lr > 0: raise DemoError(f"--lr must be positive, got {lr}")
@@ -69,7 +70,6 @@ def demo(epochs:int=3, # Epochs of the last phase (every group training)
     if n_groups > n_max: raise DemoError(f"--groups must be at most {n_max} (the layer groups EfficientNet-Lite0 has), got {n_groups}")
     dev = resolve_device(device)
     out = check_out(out)
-    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')  # raised by a dependency at import
     from fastai.vision.all import set_seed, ProgressCallback
     from finetune_nb.data import digits_dls
     from finetune_nb.learner import finetune_learner, SaveEachEpoch, save_model
