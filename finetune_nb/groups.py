@@ -9,7 +9,7 @@ from fastai.callback.training import BnFreeze
 
 # %% auto #0
 __all__ = ['bn_policies', 'group_name', 'layer_groups', 'check_groups', 'auto_splitter', 'groups_named', 'synth_dls', 'TinyNet',
-           'tiny_learner']
+           'tiny_learner', 'resolve_groups']
 
 # %% ../nbs/02_groups.ipynb #2b63b248
 def _has_params(m:nn.Module): return next(m.parameters(), None) is not None
@@ -192,21 +192,29 @@ def tiny_learner(dls:DataLoaders|None=None, # Defaults to `synth_dls()`
     if seed is not None: set_seed(seed)
     return Learner(ifnone(dls, synth_dls()), TinyNet(), loss_func=CrossEntropyLossFlat(), splitter=auto_splitter, metrics=accuracy, **kwargs)
 
-# %% ../nbs/02_groups.ipynb #fcc5d89f
-@patch
-def group_idxs(self:Learner, groups) -> list:
-    "Indices of `groups` (ints, possibly negative, or group names; 'all' and 'head' allowed)"
-    n,names = self.n_groups,list(self.group_names)
+# %% ../nbs/02_groups.ipynb #03cd5ce7
+def resolve_groups(groups, # Indices (possibly negative), names, 'head', or 'all'
+                   n:int, # Number of groups
+                   names=None, # Group names, to resolve names
+                  ) -> list:
+    "Sorted indices of `groups` among `n` groups called `names`"
     if groups == 'all': return list(range(n))
     res = []
     for g in L(groups):
         if g == 'head': g = n-1
         if isinstance(g, str):
-            if g not in names: raise KeyError(f"Unknown layer group {g!r}; the groups are: {', '.join(names)}")
-            g = names.index(g)
+            if names is None or g not in names:
+                raise KeyError(f"Unknown layer group {g!r}" + (f"; the groups are: {', '.join(names)}" if names else ""))
+            g = list(names).index(g)
         if not -n <= int(g) < n: raise IndexError(f"Layer group {g} does not exist: the learner has {n} groups (0..{n-1})")
         res.append(int(g) % n)
     return sorted(set(res))
+
+# %% ../nbs/02_groups.ipynb #fa5e7fd7
+@patch
+def group_idxs(self:Learner, groups) -> list:
+    "Indices of `groups` (ints, possibly negative, or group names; 'all' and 'head' allowed)"
+    return resolve_groups(groups, self.n_groups, list(self.group_names))
 
 # %% ../nbs/02_groups.ipynb #8c98b83e
 @patch

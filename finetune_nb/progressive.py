@@ -44,23 +44,13 @@ class Phase:
         if self.lrs == 'slice': return even_mults(ifnone(self.lr_min, self.lr_max/100), self.lr_max, n_groups) if n_groups>1 else np.array([self.lr_max])
         return np.full(n_groups, float(self.lr_max))
 
-# %% ../nbs/04_progressive.ipynb #347561d5
+# %% ../nbs/04_progressive.ipynb #fbb79d21
 def _resolve(groups, n:int, names=None) -> list:
-    "Indices of `groups` among `n` groups named `names`"
-    if groups == 'all': return list(range(n))
+    "Indices of a phase's `groups` among `n` groups named `names`: a bare int `k` means the top `k` groups"
     if isinstance(groups, int) and not isinstance(groups, bool):
         if not 1 <= groups <= n: raise ValueError(f"Cannot train the top {groups} groups: the learner has {n} groups")
         return list(range(n-groups, n))
-    res = []
-    for g in L(groups):
-        if g == 'head': g = n-1
-        if isinstance(g, str):
-            if names is None or g not in names:
-                raise KeyError(f"Unknown layer group {g!r}" + (f"; the groups are: {', '.join(names)}" if names else ""))
-            g = list(names).index(g)
-        if not -n <= g < n: raise IndexError(f"Layer group {g} does not exist: the learner has {n} groups (0..{n-1})")
-        res.append(g % n)
-    return sorted(set(res))
+    return resolve_groups(groups, n, names)
 
 # %% ../nbs/04_progressive.ipynb #09120216
 class RestoreBest(TrackerCallback):
