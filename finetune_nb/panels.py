@@ -386,16 +386,19 @@ def _draw(self:LivePanel, force:bool=False):
 # %% ../nbs/08_panels.ipynb #9729b275
 _palette = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22', '#17becf']
 
-# %% ../nbs/08_panels.ipynb #ea25186c
+# %% ../nbs/08_panels.ipynb #797c509d
 def svg_chart(series:dict, # name -> (xs, ys): ys numbers, or rows of numbers (one line per column)
               title:str='', w:int=300, h:int=170, logy:bool=False, marks=(),
-              xlim:tuple|None=None) -> str: # x range shared by charts drawn side by side
+              xlim:tuple|None=None, # x range shared by charts drawn side by side
+              labels=None) -> str: # Names of the columns of multi-column series (default: their index)
     "A small line chart as SVG, with vertical `marks` (x positions)"
     lines = []
     for name,(xs,ys) in series.items():
         if not len(xs): continue
         ys = np.array([np.atleast_1d(y.detach().cpu().numpy() if isinstance(y, Tensor) else np.asarray(y, dtype=float)) for y in ys], dtype=float)
-        for j in range(ys.shape[1]): lines.append((f"{name}{'' if ys.shape[1]==1 else f' {j}'}", np.asarray(xs, dtype=float), ys[:,j]))
+        for j in range(ys.shape[1]):
+            label = name if ys.shape[1]==1 else (f"{j}: {labels[j]}" if labels is not None and j < len(labels) else f"{name} {j}")
+            lines.append((label, np.asarray(xs, dtype=float), ys[:,j]))
     pad = 28
     body = f"<text x='{w/2}' y='12' font-size='11' text-anchor='middle'>{title}</text>"
     if lines:
@@ -423,7 +426,7 @@ def svg_chart(series:dict, # name -> (xs, ys): ys numbers, or rows of numbers (o
     legend = ''.join(f"<span style='color:{_palette[k % len(_palette)]}'>■</span> {name} " for k,(name,_,_) in enumerate(lines)) if len(lines) <= 10 else ''
     return f"<div style='display:inline-block;margin:2px'><svg width='{w}' height='{h}' style='background:#fff;border:1px solid #ddd'>{body}</svg><div style='font-size:10px;max-width:{w}px'>{legend}</div></div>"
 
-# %% ../nbs/08_panels.ipynb #d35514c5
+# %% ../nbs/08_panels.ipynb #853cc344
 @patch
 def charts(self:TrainingState) -> dict:
     "SVG of each chart: losses, metrics, per-group learning rates and gradient norms"
@@ -431,8 +434,8 @@ def charts(self:TrainingState) -> dict:
     return dict(
         loss=svg_chart({'train': (self.loss.xs, [_num(y) for y in self.loss.ys]), 'valid': (self.valid.xs, self.valid.ys)}, 'loss', **kw),
         metrics=svg_chart({n: (s.xs, s.ys) for n,s in self.metrics.items()}, 'metrics', **kw),
-        lrs=svg_chart({'group': (self.lrs.xs, self.lrs.ys)}, 'learning rate per group', logy=True, **kw),
-        grads=svg_chart({'group': (self.grads.xs, self.grads.ys)}, 'gradient norm per group', logy=True, **kw))
+        lrs=svg_chart({'group': (self.lrs.xs, self.lrs.ys)}, 'learning rate per group', logy=True, labels=self.group_names, **kw),
+        grads=svg_chart({'group': (self.grads.xs, self.grads.ys)}, 'gradient norm per group', logy=True, labels=self.group_names, **kw))
 
 # %% ../nbs/08_panels.ipynb #4b2e2556
 @patch

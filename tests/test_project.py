@@ -37,3 +37,4 @@ def test_html_docs_build(tmp_path):
     front = (tmp_path/'index.html').read_text()
     assert 'finetune_learner' in front and 'href="02_groups.html"' in front   # the front page links the tutorials' pages
     assert 'auto_splitter' in (tmp_path/'02_groups.html').read_text()
+    assert 'src="images/live_panel.png"' in front and (tmp_path/'images'/'live_panel.png').stat().st_size > 10_000
