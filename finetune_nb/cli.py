@@ -46,7 +46,7 @@ def check_out(out:str|Path) -> Path:
     except OSError as e: raise DemoError(f"--out {out}: cannot write there ({e.strerror or e})") from None
     return out
 
-# %% ../nbs/07_cli.ipynb #a08ddc2a
+# %% ../nbs/07_cli.ipynb #21885790
 def demo(epochs:int=3, # Epochs of the last phase (every group training)
          size:int=64, # Image size fed to the model
          k_shot:int|None=None, # Training images per class (default: all, about 144)
@@ -73,7 +73,7 @@ def demo(epochs:int=3, # Epochs of the last phase (every group training)
     from fastai.vision.all import set_seed, ProgressCallback
     from finetune_nb.data import digits_dls
     from finetune_nb.learner import finetune_learner, SaveEachEpoch, save_model
-    from finetune_nb.progressive import progressive_schedule, plot_fine_tune
+    from finetune_nb.progressive import progressive_schedule
     import matplotlib; matplotlib.use('Agg')
     set_seed(seed)
     dls = digits_dls(size=size, bs=bs, seed=seed, k_shot=k_shot, device=dev)
@@ -100,17 +100,18 @@ def demo(epochs:int=3, # Epochs of the last phase (every group training)
     print(f"Saved the fine-tuned model to {model_path}, training curves to {out/'training.png'}, numbers to {out/'history.csv'}.")
     return summary
 
-# %% ../nbs/07_cli.ipynb #626ef993
+# %% ../nbs/07_cli.ipynb #0b20eec2
 def _write_results(learn, out:Path, t0:float, interrupted:bool=False) -> dict:
     "Write the history, the curves and a summary of `learn.ft_log` into `out`"
+    import matplotlib.pyplot as plt
     from finetune_nb.progressive import plot_fine_tune
     log = getattr(learn, 'ft_log', None)
     if log is None or not log.rows: return {}
     h = log.history
     h.to_csv(out/'history.csv', index=False)
     fig = plot_fine_tune(log, list(learn.group_names))
-    fig.savefig(out/'training.png', dpi=100); 
-    import matplotlib.pyplot as plt; plt.close(fig)
+    fig.savefig(out/'training.png', dpi=100)
+    plt.close(fig)
     if not interrupted:
         cols = ['phase', 'name', 'epoch', 'train_loss', 'valid_loss', 'accuracy']
         print("\n" + h[cols].to_string(index=False, float_format=lambda x: f"{x:.4f}"))
