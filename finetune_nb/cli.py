@@ -46,7 +46,7 @@ def check_out(out:str|Path) -> Path:
     except OSError as e: raise DemoError(f"--out {out}: cannot write there ({e.strerror or e})") from None
     return out
 
-# %% ../nbs/07_cli.ipynb #21885790
+# %% ../nbs/07_cli.ipynb #305de9f0
 def demo(epochs:int=3, # Epochs of the last phase (every group training)
          size:int=64, # Image size fed to the model
          k_shot:int|None=None, # Training images per class (default: all, about 144)
@@ -70,6 +70,7 @@ def demo(epochs:int=3, # Epochs of the last phase (every group training)
     if n_groups > n_max: raise DemoError(f"--groups must be at most {n_max} (the layer groups EfficientNet-Lite0 has), got {n_groups}")
     dev = resolve_device(device)
     out = check_out(out)
+    import torch
     from fastai.vision.all import set_seed, ProgressCallback
     from finetune_nb.data import digits_dls
     from finetune_nb.learner import finetune_learner, SaveEachEpoch, save_model
@@ -91,7 +92,8 @@ def demo(epochs:int=3, # Epochs of the last phase (every group training)
     try: hist = sch.run(learn, cbs=saver)
     except KeyboardInterrupt:
         _write_results(learn, out, t0, interrupted=True)
-        where = f"the model of the last completed epoch ({saver.n_saved}) is saved at {model_path}" if saver.n_saved else "no epoch had completed, so no model was saved"
+        done = torch.load(model_path, weights_only=False)['epochs_done'] if model_path.exists() else 0  # what is on disk, even if the signal hit mid-save
+        where = f"the model of the last completed epoch ({done}) is saved at {model_path}" if done else "no epoch had completed, so no model was saved"
         print(f"\nInterrupted: {where}.", file=sys.stderr)
         raise
     save_model(learn, model_path, epochs_done=saver.n_saved, **meta)

@@ -56,11 +56,11 @@ def load_model(path:str|Path) -> tuple[nn.Module, dict]:
     m.load_state_dict(d.pop('state_dict'))
     return m.eval(), d
 
-# %% ../nbs/05_learner.ipynb #c4224f2a
+# %% ../nbs/05_learner.ipynb #fe015b91
 class SaveEachEpoch(Callback):
     "Save the model atomically to `path` after every completed epoch"
     order = 90
     def __init__(self, path:str|Path, **meta): self.path,self.meta,self.n_saved = Path(path),meta,0
     def after_epoch(self):
-        self.n_saved += 1
-        save_model(self.learn, self.path, epochs_done=self.n_saved, **self.meta)
+        save_model(self.learn, self.path, epochs_done=self.n_saved+1, **self.meta)
+        self.n_saved += 1  # only once the file is in place: an interrupt mid-write leaves the previous epoch's file and count
