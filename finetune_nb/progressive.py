@@ -175,26 +175,36 @@ class FineTuneLog:
                                   **{n:float(v) for n,v in zip(names, vals)}))
         if len(self.rows) > n0: self.rows[-1]['phase_time'] = time.time()-t0
 
-# %% ../nbs/04_progressive.ipynb #d5ace51e
+# %% ../nbs/04_progressive.ipynb #dc0569a4
 @patch
-def run(self:Schedule, learn:Learner, cbs=None) -> pd.DataFrame:
+def run(self:Schedule, learn:Learner, cbs=None, # Callbacks for every phase's fit
+        resume:bool=False, # Continue the run saved in `ckpt_dir` from its last completed epoch
+        ckpt_dir:str|Path|None=None, # Checkpoint folder (default `learn.path/learn.model_dir/'finetune'`)
+        checkpoints:bool=True) -> pd.DataFrame: # Keep the start, best and last weights of every phase, and the resume state
     "Run every phase on `learn` and return the per-epoch history"
     self.check(learn)
     learn.set_bn_policy(self.bn_policy)
     log = learn.ft_log = FineTuneLog(self)
     learn.cancel_schedule = False  # a callback (e.g. a Stop button) sets it to end the whole schedule
+    ck = None
+    if checkpoints or resume:
+        from finetune_nb.checkpoints import RunCheckpoints  # that module builds on this one, so it comes in late
+        ck = RunCheckpoints(learn, self, ckpt_dir, resume)  # snapshots the start, or loads the state to resume from
     fits = dict(one_cycle=learn.fit_one_cycle, stlr=learn.fit_stlr, flat_cos=learn.fit_flat_cos, constant=learn.fit)
     names = list(learn.group_names)
     for i,p in enumerate(self.phases):
+        if ck and i < ck.first: continue  # finished before the run was interrupted
         learn.ft_phase = i
         learn.set_trainable(_resolve(p.groups, learn.n_groups, names), keep_state=self.keep_state)
         pcbs = L(cbs)
         if self.patience: pcbs.append(EarlyStoppingCallback(monitor=self.monitor, patience=self.patience))
         if self.restore_best: pcbs.append(RestoreBest(monitor=self.monitor))
-        t0 = time.time()
+        if ck: pcbs.append(ck.callback(i))
+        t0 = time.time() - (ck.elapsed(i) if ck else 0)
         try: fits[p.sched](p.epochs, p.group_lrs(learn.n_groups), cbs=pcbs)
         finally: log.add_fit(learn, i, t0)
         if learn.cancel_schedule: break
+        if ck: ck.phase_done(i)
     return log.history
 
 # %% ../nbs/04_progressive.ipynb #ffae366a
@@ -213,7 +223,7 @@ def progressive_schedule(n_groups:int, # Number of layer groups of the learner
     phases.append(Phase('all', epochs, lr_max, factor=factor, sched=sched, name='all'))
     return Schedule(phases, **kwargs)
 
-# %% ../nbs/04_progressive.ipynb #f8e5f9b4
+# %% ../nbs/04_progressive.ipynb #d2e6bcb0
 @patch
 def fine_tune_progressive(self:Learner, epochs:int=3, # Epochs of the last phase, with every group training
                           lr_max:float=2e-3, # Learning rate of the head
@@ -224,11 +234,14 @@ def fine_tune_progressive(self:Learner, epochs:int=3, # Epochs of the last phase
                           bn_policy:str='train', # What norm layers in frozen groups do
                           patience:int|None=None, # End a stage early after this many epochs without improvement
                           restore_best:bool=False, # Load each stage's best weights back before the next
-                          cbs=None) -> pd.DataFrame:
+                          cbs=None, # Callbacks for every stage
+                          resume:bool=False, # Continue the run saved in `ckpt_dir` from its last completed epoch
+                          ckpt_dir:str|Path|None=None, # Checkpoint folder (default `learn.path/learn.model_dir/'finetune'`)
+                          checkpoints:bool=True) -> pd.DataFrame: # Keep start, best and last weights and the resume state
     "Fine-tune with ULMFiT's gradual unfreezing and discriminative learning rates"
     sch = progressive_schedule(self.n_groups, epochs, lr_max, stage_epochs, groups_per_stage, factor, sched,
                                bn_policy=bn_policy, patience=patience, restore_best=restore_best)
-    return sch.run(self, cbs=cbs)
+    return sch.run(self, cbs=cbs, resume=resume, ckpt_dir=ckpt_dir, checkpoints=checkpoints)
 
 # %% ../nbs/04_progressive.ipynb #6342444a
 def plot_fine_tune(log:FineTuneLog, # `learn.ft_log` after a run
