@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/99_all.ipynb #307a057b
+# %% ../nbs/99_all.ipynb #ccd83143
 from fastai.vision.all import *
 from .models import *
 from .data import *
@@ -14,6 +14,12 @@ from .discriminative import *
 from .progressive import *
 from .learner import *
 from .panels import *
+from .cache import *
+from .hardware import *
+from .checkpoints import *
+from .guards import *
+from .report import *
+from .extension import *
 
 # %% ../nbs/99_all.ipynb #d325b0e6
 __all__ = [o for o in dir() if not o.startswith('_')]

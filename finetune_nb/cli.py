@@ -46,7 +46,26 @@ def check_out(out:str|Path) -> Path:
     except OSError as e: raise DemoError(f"--out {out}: cannot write there ({e.strerror or e})") from None
     return out
 
-# %% ../nbs/07_cli.ipynb #305de9f0
+# %% ../nbs/07_cli.ipynb #9f25aae4
+def _check_resume(out:Path, opts:dict, resume:bool):
+    "Record the demo's options in `out`, or check that a resumed run uses the same ones"
+    f = out/'options.json'
+    if resume and f.exists():
+        old = json.loads(f.read_text())
+        diff = [f"--{k.replace('_','-')} {old.get(k)} (now {v})" for k,v in opts.items() if old.get(k) != v]
+        if diff: raise DemoError(f"--resume must repeat the interrupted run's options: it used {', '.join(diff)}")
+    f.write_text(json.dumps(opts))
+
+def _run_saver(SaveEachEpoch):
+    class _RunSaver(SaveEachEpoch):
+        "`SaveEachEpoch` counting epochs over the whole schedule, skipping the epochs a resumed run replays"
+        def after_epoch(self):
+            if getattr(self.learn, 'replaying', False): return
+            self.n_saved = len(self.learn.ft_log.rows) + self.epoch
+            super().after_epoch()
+    return _RunSaver
+
+# %% ../nbs/07_cli.ipynb #23b5fa53
 def demo(epochs:int=3, # Epochs of the last phase (every group training)
          size:int=64, # Image size fed to the model
          k_shot:int|None=None, # Training images per class (default: all, about 144)
@@ -56,6 +75,11 @@ def demo(epochs:int=3, # Epochs of the last phase (every group training)
          n_groups:int=4, # Layer groups of the model (head included)
          bs:int=64, # Batch size
          seed:int=42, # Seed of the split and of training
+         precision:str='fp32', # 'fp32', 'bf16' or 'fp16' (mixed precision; fp16 needs a GPU)
+         channels_last:bool=False, # Train in the channels-last memory format
+         compile:bool=False, # Compile the model with `torch.compile`
+         bn_policy:str='train', # What norm layers of frozen groups do: 'train', 'stats' or 'frozen' (lets frozen phases use the feature cache)
+         resume:bool=False, # Continue the run interrupted in `out` from its last completed epoch
          quiet:bool=False): # No progress bars
     "Fine-tune the offline EfficientNet-Lite0 on scikit-learn's digits with progressive unfreezing"
     warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')  # raised by a dependency at import
@@ -68,38 +92,50 @@ def demo(epochs:int=3, # Epochs of the last phase (every group training)
     from finetune_nb.groups import layer_groups
     n_max = len(layer_groups(efficientnet_lite0(pretrained=False)))
     if n_groups > n_max: raise DemoError(f"--groups must be at most {n_max} (the layer groups EfficientNet-Lite0 has), got {n_groups}")
+    from finetune_nb.groups import bn_policies
+    if bn_policy not in bn_policies: raise DemoError(f"--bn-policy must be one of {', '.join(bn_policies)}, got {bn_policy!r}")
     dev = resolve_device(device)
+    from finetune_nb.hardware import precision_problem
+    if (msg := precision_problem(precision, dev)): raise DemoError(f"--precision {precision}: {msg}")
     out = check_out(out)
+    _check_resume(out, dict(epochs=epochs, size=size, k_shot=k_shot, lr=lr, n_groups=n_groups, bs=bs, seed=seed, bn_policy=bn_policy), resume)
     import torch
     from fastai.vision.all import set_seed, ProgressCallback
     from finetune_nb.data import digits_dls
     from finetune_nb.learner import finetune_learner, SaveEachEpoch, save_model
+    _RunSaver = _run_saver(SaveEachEpoch)
     from finetune_nb.progressive import progressive_schedule
+    import finetune_nb.hardware, finetune_nb.cache  # `Learner.to_hardware`, and the feature cache for every learner
     import matplotlib; matplotlib.use('Agg')
     set_seed(seed)
     dls = digits_dls(size=size, bs=bs, seed=seed, k_shot=k_shot, device=dev)
-    learn = finetune_learner(dls, n_groups=n_groups)
+    learn = finetune_learner(dls, n_groups=n_groups).to_hardware(precision, channels_last, compile)
     if quiet: learn.remove_cb(ProgressCallback)
-    sch = progressive_schedule(learn.n_groups, epochs, lr)
+    from finetune_nb.report import finetune_report  # and `Learner.record_baseline`
+    learn.record_baseline()  # accuracy of the pretrained body with its new, untrained head
+    sch = progressive_schedule(learn.n_groups, epochs, lr, bn_policy=bn_policy)
     print(f"Fine-tuning EfficientNet-Lite0 (ImageNet weights, offline) on scikit-learn digits: "
           f"{len(dls.train_ds)} train / {len(dls.valid_ds)} valid images at {size}px, on {dev}.")
     print(f"Progressive unfreezing over {learn.n_groups} layer groups, ULMFiT learning rates (head {lr:g}, factor 2.6):")
     print(sch.table(learn).to_string(), flush=True)
     model_path = out/'model.pth'
     meta = dict(arch='efficientnet_lite0', size=size, stats=([0.5]*3, [0.5]*3))
-    saver = SaveEachEpoch(model_path, **meta)
+    saver = _RunSaver(model_path, **meta)
     t0 = time.time()
-    try: hist = sch.run(learn, cbs=saver)
+    try: hist = sch.run(learn, cbs=saver, resume=resume, ckpt_dir=out/'checkpoints')
     except KeyboardInterrupt:
         _write_results(learn, out, t0, interrupted=True)
         done = torch.load(model_path, weights_only=False)['epochs_done'] if model_path.exists() else 0  # what is on disk, even if the signal hit mid-save
         where = f"the model of the last completed epoch ({done}) is saved at {model_path}" if done else "no epoch had completed, so no model was saved"
-        print(f"\nInterrupted: {where}.", file=sys.stderr)
+        print(f"\nInterrupted: {where}. Run the same command with --resume to continue.", file=sys.stderr)
         raise
     save_model(learn, model_path, epochs_done=saver.n_saved, **meta)
     summary = _write_results(learn, out, t0)
-    print(f"\nValidation accuracy: {summary['accuracy']:.1%} after {len(hist)} epochs in {summary['seconds']:.0f}s.")
-    print(f"Saved the fine-tuned model to {model_path}, training curves to {out/'training.png'}, numbers to {out/'history.csv'}.")
+    rep = finetune_report(learn)
+    paths = rep.save(out/'report')
+    print(f"\nValidation accuracy: {summary['accuracy']:.1%} after {len(hist)} epochs in {summary['seconds']:.0f}s ({rep.headline}).")
+    print(f"Saved the fine-tuned model to {model_path}, training curves to {out/'training.png'}, numbers to {out/'history.csv'}, "
+          f"the evaluation report to {paths['report.html']}.")
     return summary
 
 # %% ../nbs/07_cli.ipynb #0b20eec2
@@ -122,7 +158,7 @@ def _write_results(learn, out:Path, t0:float, interrupted:bool=False) -> dict:
     (out/'summary.json').write_text(json.dumps(summary, indent=2))
     return summary
 
-# %% ../nbs/07_cli.ipynb #7cd3f53c
+# %% ../nbs/07_cli.ipynb #010b3916
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='finetune_nb', description="Fine-tune pretrained PyTorch models with fastai")
     sub = p.add_subparsers(dest='cmd', metavar='command')
@@ -137,6 +173,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument('--groups', type=int, default=4, help="layer groups, head included (default 4)")
     d.add_argument('--bs', type=int, default=64, help="batch size (default 64)")
     d.add_argument('--seed', type=int, default=42, help="seed (default 42)")
+    d.add_argument('--precision', default='fp32', help="fp32, bf16 or fp16 mixed precision (fp16 needs a GPU; default fp32)")
+    d.add_argument('--channels-last', action='store_true', help="channels-last memory format")
+    d.add_argument('--compile', action='store_true', help="compile the model with torch.compile")
+    d.add_argument('--bn-policy', default='train', help="norm layers of frozen groups: train, stats or frozen (default train)")
+    d.add_argument('--resume', action='store_true', help="continue the run interrupted in --out from its last completed epoch")
     d.add_argument('--quiet', action='store_true', help="no progress bars")
     r = sub.add_parser('readme', help="Write README.md from nbs/index.ipynb (run in the repository)")
     r.add_argument('--check', action='store_true', help="only check that README.md is up to date")
@@ -161,7 +202,7 @@ def _readme(check:bool) -> int:
     if readme.exists() and readme.read_text() == md: print("README.md is up to date"); return 0
     print("README.md differs from nbs/index.ipynb: run `finetune_nb readme`", file=sys.stderr); return 1
 
-# %% ../nbs/07_cli.ipynb #4e55bc0b
+# %% ../nbs/07_cli.ipynb #036bc110
 def main(argv=None):
     "Entry point of the `finetune_nb` command"
     p = _one_line_errors(_parser())
@@ -172,8 +213,9 @@ def main(argv=None):
         print(f"Wrote {build_docs('nbs', args.dest)/'index.html'}"); return 0
     if args.cmd != 'demo': p.print_help(); return 0 if args.cmd is None else 2
     try:
-        demo(args.epochs, args.size, args.k_shot, args.out, args.device, args.lr, args.groups, args.bs, args.seed, args.quiet)
-    except DemoError as e:
+        demo(args.epochs, args.size, args.k_shot, args.out, args.device, args.lr, args.groups, args.bs, args.seed,
+             args.precision, args.channels_last, args.compile, args.bn_policy, args.resume, args.quiet)
+    except (DemoError, ValueError) as e:  # a `CheckpointError` is a `ValueError`
         print(f"finetune_nb demo: error: {e}", file=sys.stderr); return 2
     except KeyboardInterrupt: return 130
     return 0

@@ -15,6 +15,9 @@ def run(*args, timeout=600, **kw):
     (['--lr', '0'], '--lr must be positive'),
     (['--bogus'], 'unrecognized arguments: --bogus'),
     (['--groups', '50'], '--groups must be at most 9'),
+    (['--precision', 'fp16', '--device', 'cpu'], 'fp16 mixed precision needs a CUDA GPU'),
+    (['--precision', 'int4'], 'Unknown precision'),
+    (['--bn-policy', 'eval'], '--bn-policy must be one of'),
 ])
 def test_bad_option_one_line(args, msg, tmp_path):
     r = run('demo', '--out', str(tmp_path/'out'), *args)
@@ -52,6 +55,23 @@ def test_ctrl_c_keeps_last_epoch(tmp_path):
     assert f"({meta['epochs_done']})" in stderr
     assert not [o for o in out.iterdir() if o.suffix == '.tmp']
 
+def test_resume_after_kill(tmp_path):
+    "A demo killed with SIGKILL mid-run continues with --resume to the same number of epochs; other options are refused"
+    out,args = tmp_path/'out',['--epochs', '2', '--size', '32', '--k-shot', '5', '--bs', '16', '--quiet', '--out', str(tmp_path/'out')]
+    p = subprocess.Popen(['finetune_nb', 'demo', *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not (out/'model.pth').exists() and time.time()-t0 < 300 and p.poll() is None: time.sleep(0.1)
+    assert p.poll() is None, p.communicate()
+    p.kill(); p.communicate()
+    from finetune_nb.learner import load_model
+    done = load_model(out/'model.pth')[1]['epochs_done']
+    r = run('demo', *args, '--seed', '1', '--resume')
+    assert r.returncode == 2 and '--resume must repeat' in r.stderr and '--seed 42 (now 1)' in r.stderr, r.stderr
+    r = run('demo', *args, '--resume', timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads((out/'summary.json').read_text())
+    assert s['epochs'] == 5 and load_model(out/'model.pth')[1]['epochs_done'] == 5, (s, done)
+
 def test_demo_end_to_end(tmp_path):
     "The README's main job: offline fine-tune to > 90% validation accuracy, with model and curves saved"
     r = run('demo', '--quiet', '--out', str(tmp_path), timeout=900)
@@ -60,6 +80,8 @@ def test_demo_end_to_end(tmp_path):
     assert s['accuracy'] > 0.9, s
     assert 'Validation accuracy:' in r.stdout and str(tmp_path/'model.pth') in r.stdout
     assert (tmp_path/'training.png').stat().st_size > 10_000
+    html = (tmp_path/'report'/'report.html').read_text()
+    assert 'data:image/png;base64' in html and 'accuracy' in html
     from finetune_nb.learner import load_model
     m,meta = load_model(tmp_path/'model.pth')
     assert meta['epochs_done'] == s['epochs'] == 6
