@@ -20,7 +20,7 @@ __all__ = ['lr_policies', 'fit_scheds', 'Phase', 'RestoreBest', 'Schedule', 'Fin
 lr_policies = ('ulmfit', 'layer_decay', 'slice', 'flat')
 fit_scheds = ('one_cycle', 'stlr', 'flat_cos', 'constant')
 
-# %% ../nbs/04_progressive.ipynb #a476f120
+# %% ../nbs/04_progressive.ipynb #816d95de
 @dataclass
 class Phase:
     "One fit of a fine-tuning schedule: which groups train, for how long, at which learning rates"
@@ -41,7 +41,7 @@ class Phase:
             return np.array(self.lrs, dtype=float)
         if self.lrs == 'ulmfit': return discriminative_lrs(self.lr_max, n_groups, self.factor)
         if self.lrs == 'layer_decay': return layer_decay_lrs(self.lr_max, n_groups, self.decay)
-        if self.lrs == 'slice': return even_mults(ifnone(self.lr_min, self.lr_max/100), self.lr_max, n_groups) if n_groups>1 else np.array([self.lr_max])
+        if self.lrs == 'slice': return np.array(even_mults(ifnone(self.lr_min, self.lr_max/100), self.lr_max, n_groups)) if n_groups>1 else np.array([self.lr_max])
         return np.full(n_groups, float(self.lr_max))
 
 # %% ../nbs/04_progressive.ipynb #fbb79d21
