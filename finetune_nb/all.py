@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/99_all.ipynb #ccd83143
+# %% ../nbs/99_all.ipynb #603e0eda
 from fastai.vision.all import *
 from .models import *
 from .data import *
@@ -20,6 +20,7 @@ from .checkpoints import *
 from .guards import *
 from .report import *
 from .extension import *
+from .distill import *
 
 # %% ../nbs/99_all.ipynb #d325b0e6
 __all__ = [o for o in dir() if not o.startswith('_')]
