@@ -4,9 +4,10 @@
 
 Digits at 32x32 pixels. A teacher (EfficientNet-Lite0, `fine_tune_progressive`, seed 0) is fine-tuned once per teacher
 setting (`--teachers DIR` saves it there, or loads it when it is already there). For each student setting,
-`small_cnn(10)` is trained twice per seed, from the same random weights, batch order, epochs and one-cycle schedule:
-alone, and with `DistillationCallback(teacher, T, alpha)`. Prints one row per run and a summary: mean ± std accuracy,
-the mean of the paired per-seed gain, and the mean wall time of one student's training.
+`small_cnn(10)` is trained per seed from the same random weights, batch order, epochs and one-cycle schedule: alone,
+and with `DistillationCallback(teacher, T, alpha)` for every pair of `--T` and `--alpha` (default 4 and 0.5). Prints one
+row per run and a summary: mean ± std accuracy, the paired per-seed gain over the student alone (mean, min, max), and
+the mean wall time of one student's training.
 
 Student settings (`--settings`):
 - `full`: all 1,438 training images; the teacher fine-tuned on the same images.

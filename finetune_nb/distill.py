@@ -67,16 +67,18 @@ def _check(self:DistillationCallback, t:Tensor):
     if t.shape[-1] != s.shape[-1]: raise ValueError(f"The teacher gives {t.shape[-1]} outputs per item but the student has {s.shape[-1]} classes; they must predict the same classes")
     self.checked = True
 
-# %% ../nbs/13_distill.ipynb #7caa068a
+# %% ../nbs/13_distill.ipynb #834e8261
 @patch
 def before_batch(self:DistillationCallback):
+    "Run the teacher on the training batch; on the first one, check it against the student first"
     if self.checked and self.alpha == 0: return
     self.t_pred = self._teacher_logits(self.xb)
     if not self.checked: self._check(self.t_pred)
 
-# %% ../nbs/13_distill.ipynb #e241148e
+# %% ../nbs/13_distill.ipynb #bd294169
 @patch
 def after_loss(self:DistillationCallback):
+    "Mix the soft term into `learn.loss_grad`, the loss fastai back-propagates"
     if self.alpha == 0 or not len(self.yb): return
     self.hard_loss = self.learn.loss_grad.detach()
     self.soft_loss = soft_target_loss(self.learn.pred, self.t_pred, self.T)
