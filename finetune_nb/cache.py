@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .groups import *
 
 # %% auto #0
-__all__ = ['sequential_stages', 'frozen_stages', 'augmentations', 'cache_blockers', 'CachedDL', 'FeatureCache']
+__all__ = ['NO_PREFIX', 'sequential_stages', 'frozen_stages', 'augmentations', 'cache_blockers', 'CachedDL', 'FeatureCache']
 
 # %% ../nbs/09_cache.ipynb #a090ce6f
 def _has_params(m): return any(True for _ in m.parameters())
@@ -217,7 +217,7 @@ def _estimate(self:FeatureCache, n):
         f = nn.Sequential(*self.stages[:n])(b[0])
     return math.prod(f.shape[1:]) * f.element_size() * (self.dls.train.n + self.dls.valid.n)
 
-# %% ../nbs/09_cache.ipynb #75c95d8b
+# %% ../nbs/09_cache.ipynb #705156e1
 @patch
 def before_fit(self:FeatureCache):
     self._unpatch(); self.active = False
@@ -230,6 +230,8 @@ def before_fit(self:FeatureCache):
 def _off(self:FeatureCache, reason):
     if self.key is not None: self.clear()  # what was cached no longer applies: drop it
     self.reason,self.active = reason,False
+
+NO_PREFIX = "no frozen prefix: the first layer group trains, or its norm layers do (the 'frozen' BatchNorm policy fixes them)"
 
 def _group_of(learn):
     "Map each parameter to the index of its layer group"
@@ -249,8 +251,9 @@ def _whole_groups(self:FeatureCache, n):
 def before_train(self:FeatureCache):
     self.active = False
     if self.blocked: return self._off(self.blocked)
+    if 0 in self.learn.trainable_groups: return self._off(NO_PREFIX)  # nothing to cache: skip taking the model apart
     n = self._whole_groups(frozen_stages(self._stages()))
-    if n == 0: return self._off("no frozen prefix: the first layer group trains, or its norm layers do (the 'frozen' BatchNorm policy fixes them)")
+    if n == 0: return self._off(NO_PREFIX)
     key = self._key(n)
     if key != self.key:
         self.clear()
@@ -291,8 +294,8 @@ def _unpatch(self:FeatureCache):
     m = getattr(self, 'patched', None)
     if m is not None: m.__dict__.pop('forward', None); self.patched = None
 
-# %% ../nbs/09_cache.ipynb #11cd343e
-if FeatureCache not in defaults.callbacks: defaults.callbacks.append(FeatureCache)
+# %% ../nbs/09_cache.ipynb #db28ee89
+defaults.callbacks = [c for c in defaults.callbacks if getattr(c, '__qualname__', None) != 'FeatureCache'] + [FeatureCache]  # once, even if this cell runs again
 
 # %% ../nbs/09_cache.ipynb #b33d50e7
 @patch

@@ -197,8 +197,8 @@ def _diverge(self:DivergenceGuard, batch:int|None, valid_loss:float|None=None):
     if self.verbose and rank_distrib() == 0: print(msg, flush=True)  # once, not once per process
     raise CancelFitException()
 
-# %% ../nbs/11_guards.ipynb #ef23341d
-if DivergenceGuard not in defaults.callbacks: defaults.callbacks.append(DivergenceGuard)
+# %% ../nbs/11_guards.ipynb #2d90444e
+defaults.callbacks = [c for c in defaults.callbacks if getattr(c, '__qualname__', None) != 'DivergenceGuard'] + [DivergenceGuard]  # once, even if this cell runs again
 
 # %% ../nbs/11_guards.ipynb #0740b09e
 @dataclass
@@ -250,8 +250,8 @@ class OverfitWatch(Callback):
         ov.update(t, v, self.patience, self.min_rise)
         if ov.flag and not was and self.verbose: print(ov.message, flush=True)
 
-# %% ../nbs/11_guards.ipynb #3fa217f3
-if OverfitWatch not in defaults.callbacks: defaults.callbacks.append(OverfitWatch)
+# %% ../nbs/11_guards.ipynb #3d22f13c
+defaults.callbacks = [c for c in defaults.callbacks if getattr(c, '__qualname__', None) != 'OverfitWatch'] + [OverfitWatch]  # once, even if this cell runs again
 
 # %% ../nbs/11_guards.ipynb #d76c21cf
 def use_guards(divergence:bool=True, # Give every new `Learner` a `DivergenceGuard`
