@@ -217,11 +217,11 @@ def _estimate(self:FeatureCache, n):
         f = nn.Sequential(*self.stages[:n])(b[0])
     return math.prod(f.shape[1:]) * f.element_size() * (self.dls.train.n + self.dls.valid.n)
 
-# %% ../nbs/09_cache.ipynb #705156e1
+# %% ../nbs/09_cache.ipynb #9ed7aebb
 @patch
 def before_fit(self:FeatureCache):
     self._unpatch(); self.active = False
-    mine = [cb for cb in self.learn.cbs if isinstance(cb, FeatureCache)]
+    mine = [cb for cb in self.learn.cbs if any(c.__name__ == 'FeatureCache' for c in type(cb).__mro__)]  # by name: a notebook may redefine the class
     blockers = (["another FeatureCache is in charge"] if mine[-1] is not self
                 else cache_blockers(self.learn) if self.enabled else ["it is turned off"])
     self.blocked = '; '.join(blockers) if blockers else None

@@ -107,11 +107,11 @@ class DivergenceGuard(Callback):
         store_attr()
         self.flags,self.good,self.good_at,self.active,self.t = LaggedFlags(),None,'',False,_LossTrack()
 
-# %% ../nbs/11_guards.ipynb #38abb139
+# %% ../nbs/11_guards.ipynb #18b3777a
 @patch
 def before_fit(self:DivergenceGuard):
     learn = self.learn
-    guards = [c for c in learn.cbs if isinstance(c, DivergenceGuard)]
+    guards = [c for c in learn.cbs if any(k.__name__ == 'DivergenceGuard' for k in type(c).__mro__)]  # by name: a notebook may redefine the class
     # one guard per fit: the last added (a guard passed to `fit`) wins over the default one; `lr_find` diverges on purpose
     self.active = self is guards[-1] and not any(isinstance(c, LRFinder) for c in learn.cbs)
     if learn.opt is None: self.active = False  # `validate` and `get_preds` fire `before_fit` too, before any training
