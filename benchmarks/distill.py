@@ -24,8 +24,10 @@ import argparse, hashlib, tempfile, time, warnings
 import pandas as pd
 from fastai.vision.all import *
 from finetune_nb.data import digits_dls
-from finetune_nb.learner import finetune_learner, save_model, load_model
-from finetune_nb.progressive import *
+from finetune_nb.finetune import finetune_learner
+from finetune_nb.saving import save_finetuned, load_finetuned
+from finetune_nb.schedule import *
+from finetune_nb.finetune import *
 from finetune_nb.distill import DistillationCallback, small_cnn
 warnings.filterwarnings('ignore')
 
@@ -66,7 +68,7 @@ def get_teacher(name, folder=None):
     path = Path(folder)/f'teacher_{name}.pth' if folder else None
     meta = dict(arch='efficientnet_lite0', size=SIZE, k_shot=k_shot, bs=bs, epochs=epochs)
     if path is not None and path.exists():
-        model,saved = load_model(path)
+        model,saved = load_finetuned(path)
         if any(saved.get(k) != v for k,v in meta.items()): raise ValueError(f"{path} was trained with other settings: {saved}")
         learn,secs = Learner(dls, model, metrics=accuracy),saved['seconds']
     else:
@@ -75,7 +77,7 @@ def get_teacher(name, folder=None):
         t0 = time.time()
         with learn.no_logging(): learn.fine_tune_progressive(epochs=epochs, lr_max=1e-2)
         secs = time.time()-t0
-        if path is not None: save_model(learn, path, seconds=secs, **meta)
+        if path is not None: save_finetuned(learn, path, seconds=secs, **meta)
     learn.remove_cb(ProgressCallback)
     return learn.model.eval(), float(learn.validate()[1]), secs
 

@@ -30,7 +30,7 @@ def redraw_cost(n=50):
     "Milliseconds per LivePanel redraw (four charts from full 400-point series, table, status) and per batch of bookkeeping"
     import warnings; warnings.filterwarnings('ignore')
     import torch
-    from finetune_nb.panels import LivePanel, LiveView, Series
+    from finetune_nb.live import LivePanel, LiveView, Series
     p = LivePanel(widgets=True)
     st = p.state
     for i in range(5000):

@@ -11,16 +11,18 @@ from .models import *
 from .data import *
 from .groups import *
 from .discriminative import *
-from .progressive import *
-from .learner import *
-from .panels import *
+from .schedule import *
+from .saving import *
 from .cache import *
 from .hardware import *
 from .checkpoints import *
 from .guards import *
+from .finetune import *
 from .report import *
-from .extension import *
+from .picker import *
+from .live import *
 from .distill import *
+from .extension import *
 
 # %% ../nbs/99_all.ipynb #d325b0e6
 __all__ = [o for o in dir() if not o.startswith('_')]

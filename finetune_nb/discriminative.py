@@ -53,9 +53,6 @@ class GroupRecorder(Callback):
         ax.legend(fontsize='x-small', loc='upper left', bbox_to_anchor=(1,1))
         return ax
 
-# %% ../nbs/03_discriminative.ipynb #c39e5971
-defaults.callbacks = [c for c in defaults.callbacks if getattr(c, '__qualname__', None) != 'GroupRecorder'] + [GroupRecorder]  # once, even if this cell runs again
-
 # %% ../nbs/03_discriminative.ipynb #50c3aa3c
 def SchedSTLR(lr_max, # Peak learning rate: a float or one per group
               cut_frac:float=0.1, # Share of training spent increasing the rate

@@ -8,7 +8,8 @@ import contextlib, functools, inspect, weakref
 from fastai.basics import *
 from fastai.callback.schedule import LRFinder
 from .groups import *
-from .panels import *
+from .picker import *
+from .live import *
 
 # %% auto #0
 __all__ = ['ext_settings', 'configure_extension', 'no_live_panel', 'last_live_panel', 'load_ipython_extension',

@@ -8,8 +8,7 @@ from fastai.basics import *
 from fastai.callback.training import BnFreeze
 
 # %% auto #0
-__all__ = ['bn_policies', 'group_name', 'layer_groups', 'check_groups', 'auto_splitter', 'groups_named', 'synth_dls', 'TinyNet',
-           'tiny_learner', 'resolve_groups']
+__all__ = ['bn_policies', 'group_name', 'layer_groups', 'check_groups', 'auto_splitter', 'groups_named', 'resolve_groups']
 
 # %% ../nbs/02_groups.ipynb #2b63b248
 def _has_params(m:nn.Module): return next(m.parameters(), None) is not None
@@ -164,34 +163,6 @@ def group_table(self:Learner) -> pd.DataFrame:
             for i,(n,pg,h) in enumerate(zip(self.group_names, self.opt.param_lists, self.opt.hypers))]
     return pd.DataFrame(rows).set_index('group')
 
-# %% ../nbs/02_groups.ipynb #88330b6b
-def synth_dls(n:int=64, size:int=8, c:int=3, bs:int=16, seed:int=0, **kwargs) -> DataLoaders:
-    "Random images with labels that depend on them, for quick tests of image learners"
-    g = torch.Generator().manual_seed(seed)
-    def ds(n):
-        x = torch.randn(n, 3, size, size, generator=g)
-        return list(zip(x, (x.mean((1,2,3))*8).round().clamp(0, c-1).long()))
-    return DataLoaders.from_dsets(ds(n), ds(n//2), bs=bs, **kwargs)
-
-# %% ../nbs/02_groups.ipynb #4e3915db
-class TinyNet(nn.Module):
-    "A two-stage conv net with BatchNorm and a nested `Sequential`, for quick examples and tests"
-    def __init__(self, n_out:int=3):
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3,8,3,padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                      nn.Sequential(nn.Conv2d(8,16,3,padding=1), nn.BatchNorm2d(16), nn.ReLU()),
-                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.classifier = nn.Linear(16, n_out)
-    def forward(self, x): return self.classifier(self.features(x))
-
-# %% ../nbs/02_groups.ipynb #1e93cf47
-def tiny_learner(dls:DataLoaders|None=None, # Defaults to `synth_dls()`
-                 seed:int|None=0, # Seed of the weights (`None`: leave the global seed alone)
-                 **kwargs): # Passed to `Learner`
-    "A `TinyNet` learner split by `auto_splitter`, with accuracy, for quick examples and tests"
-    if seed is not None: set_seed(seed)
-    return Learner(ifnone(dls, synth_dls()), TinyNet(), loss_func=CrossEntropyLossFlat(), splitter=auto_splitter, metrics=accuracy, **kwargs)
-
 # %% ../nbs/02_groups.ipynb #03cd5ce7
 def resolve_groups(groups, # Indices (possibly negative), names, 'head', or 'all'
                    n:int, # Number of groups
@@ -232,19 +203,6 @@ def set_trainable(self:Learner, groups, # Groups to train: indices, names, 'all'
             if not keep_state or (i in on and i not in was):
                 self.opt.state[p] = {k:st[k] for k in self.opt._keep_on_clear if k in st}
     self.opt.frozen_idx = min(on) if on else len(self.opt.param_lists)
-
-# %% ../nbs/02_groups.ipynb #87bbde54
-@patch
-def freeze_to(self:Learner, n:int, # Train groups from `n` on
-              keep_state:bool=False): # Keep the optimiser state of groups that stay trainable (fastai clears it)
-    "Freeze the parameter groups before `n`, checking that this freezes what it says"
-    if self.opt is None: self.create_opt()
-    k = self.n_groups
-    if n != 0 and k == 1:
-        raise ValueError("This learner has a single parameter group, so freezing would freeze nothing. "
-                         "Give it a splitter with several groups, e.g. `splitter=auto_splitter`.")
-    if not -k <= n <= k: raise IndexError(f"Cannot freeze to group {n}: the learner has {k} groups")
-    self.set_trainable(range(n % k if n < k else k, k), keep_state=keep_state)
 
 # %% ../nbs/02_groups.ipynb #c74b2799
 bn_policies = ('train', 'stats', 'frozen')

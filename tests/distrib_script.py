@@ -4,6 +4,7 @@ import torch, torch.distributed as dist
 from fastai.basics import *
 from fastai.distributed import *
 from finetune_nb.all import *
+from finetune_nb.test_utils import *
 
 # fastai's DistributedDL broadcasts the shuffled indices as a CUDA tensor (NCCL needs one); with gloo on the CPU a CPU tensor
 # is what works, so this test swaps in the CPU version of the same broadcast.

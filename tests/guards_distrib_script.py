@@ -4,6 +4,7 @@ import torch, torch.distributed as dist
 from fastai.basics import *
 from fastai.distributed import *
 from finetune_nb.all import *
+from finetune_nb.test_utils import *
 from finetune_nb.guards import *
 
 @patch

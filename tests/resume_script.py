@@ -30,8 +30,8 @@ def main():
     torch.set_num_threads(1)  # the same in every process, and fast for a tiny model on a shared machine
     from fastai.basics import set_seed, Callback
     from fastai.callback.progress import ProgressCallback
-    from finetune_nb.groups import synth_dls, tiny_learner
-    from finetune_nb.progressive import Schedule, Phase
+    from finetune_nb.test_utils import synth_dls, tiny_learner
+    from finetune_nb.schedule import Schedule, Phase; import finetune_nb.finetune
     import finetune_nb.checkpoints  # noqa: F401 (`Schedule.run` imports it too)
     ckpt = Path(a.ckpt_dir)
     if a.hang_at_save: hang_in_save(ckpt, a.hang_at_save, Path(a.out + '.saving'))

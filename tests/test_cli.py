@@ -49,8 +49,8 @@ def test_ctrl_c_keeps_last_epoch(tmp_path):
     stdout,stderr = p.communicate(timeout=120)
     assert p.returncode == 130, (stdout, stderr)
     assert 'Interrupted: the model of the last completed epoch' in stderr, stderr
-    from finetune_nb.learner import load_model
-    m,meta = load_model(out/'model.pth')
+    from finetune_nb.saving import load_finetuned
+    m,meta = load_finetuned(out/'model.pth')
     assert meta['epochs_done'] >= 1 and meta['epochs_done'] < 53
     assert f"({meta['epochs_done']})" in stderr
     assert not [o for o in out.iterdir() if o.suffix == '.tmp']
@@ -63,14 +63,14 @@ def test_resume_after_kill(tmp_path):
     while not (out/'model.pth').exists() and time.time()-t0 < 300 and p.poll() is None: time.sleep(0.1)
     assert p.poll() is None, p.communicate()
     p.kill(); p.communicate()
-    from finetune_nb.learner import load_model
-    done = load_model(out/'model.pth')[1]['epochs_done']
+    from finetune_nb.saving import load_finetuned
+    done = load_finetuned(out/'model.pth')[1]['epochs_done']
     r = run('demo', *args, '--seed', '1', '--resume')
     assert r.returncode == 2 and '--resume must repeat' in r.stderr and '--seed 42 (now 1)' in r.stderr, r.stderr
     r = run('demo', *args, '--resume', timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads((out/'summary.json').read_text())
-    assert s['epochs'] == 5 and load_model(out/'model.pth')[1]['epochs_done'] == 5, (s, done)
+    assert s['epochs'] == 5 and load_finetuned(out/'model.pth')[1]['epochs_done'] == 5, (s, done)
 
 def test_demo_end_to_end(tmp_path):
     "The README's main job: offline fine-tune to > 90% validation accuracy, with model and curves saved"
@@ -82,6 +82,6 @@ def test_demo_end_to_end(tmp_path):
     assert (tmp_path/'training.png').stat().st_size > 10_000
     html = (tmp_path/'report'/'report.html').read_text()
     assert 'data:image/png;base64' in html and 'accuracy' in html
-    from finetune_nb.learner import load_model
-    m,meta = load_model(tmp_path/'model.pth')
+    from finetune_nb.saving import load_finetuned
+    m,meta = load_finetuned(tmp_path/'model.pth')
     assert meta['epochs_done'] == s['epochs'] == 6

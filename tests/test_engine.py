@@ -3,7 +3,8 @@ a timm model, and a torchvision ResNet inside fastai's `vision_learner`."""
 import numpy as np, pytest, torch, timm
 from torch import nn
 from fastai.vision.all import Learner, CrossEntropyLossFlat, vision_learner, resnet18, set_seed, norm_bias_params
-from finetune_nb.all import synth_dls, auto_splitter, check_groups, discriminative_lrs
+from finetune_nb.test_utils import synth_dls
+from finetune_nb.all import auto_splitter, check_groups, discriminative_lrs
 
 class Net(nn.Module):
     def __init__(self, n_out=3):

@@ -39,7 +39,7 @@ def test_import_is_cheap():
 def test_load_fit_display_unload(ip):
     from fastai.learner import Learner
     fit0 = Learner.fit
-    run(ip, 'from finetune_nb.groups import tiny_learner, synth_dls\nlearn = tiny_learner(synth_dls(n=32))   # 2 batches an epoch\n' + PROBE)
+    run(ip, 'from finetune_nb.test_utils import tiny_learner, synth_dls\nlearn = tiny_learner(synth_dls(n=32))   # 2 batches an epoch\n' + PROBE)
     usual = run(ip, 'learn')
     assert usual.startswith('Out[') and '<fastai.learner.Learner at ' in usual and 'groups train' not in usual
     run(ip, '%load_ext finetune_nb')
@@ -74,7 +74,7 @@ def test_load_fit_display_unload(ip):
 
 def test_opt_outs(ip):
     run(ip, '%load_ext finetune_nb')
-    run(ip, 'from finetune_nb.groups import tiny_learner, synth_dls\nfrom finetune_nb.panels import LivePanel\n'
+    run(ip, 'from finetune_nb.test_utils import tiny_learner, synth_dls\nfrom finetune_nb.live import LivePanel\n'
             'from finetune_nb.extension import no_live_panel, configure_extension\n' + PROBE)
     run(ip, 'learn = tiny_learner(synth_dls(n=32), cbs=LivePanel(png=False, text_every=1e9))\nlearn.fit(1, cbs=names)')   # its own panel, not a second one
     assert ip.user_ns['names'].fits[-1].count('LivePanel') == 1
@@ -90,7 +90,7 @@ def test_opt_outs(ip):
 def test_widget_view_hides_fastai_bar(ip):
     "With the widget view, the panel shows progress and epochs, so fastai's bar and table are off during the fit, and back after"
     run(ip, '%load_ext finetune_nb')
-    run(ip, 'from finetune_nb.groups import tiny_learner, synth_dls\nfrom finetune_nb.extension import configure_extension, last_live_panel\n'
+    run(ip, 'from finetune_nb.test_utils import tiny_learner, synth_dls\nfrom finetune_nb.extension import configure_extension, last_live_panel\n'
             'configure_extension(widgets=True)\nlearn = tiny_learner(synth_dls(n=32))\n' + PROBE)
     out = run(ip, 'learn.fit(1, 1e-2, cbs=names)')
     fit_cbs = ip.user_ns['names'].fits[-1]
