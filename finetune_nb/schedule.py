@@ -4,16 +4,17 @@
 
 # %% ../nbs/04_schedule.ipynb #50291b63
 from __future__ import annotations
-import json, time, dataclasses
+import json, math, time, warnings, dataclasses, yaml
 from dataclasses import dataclass, field, asdict
 from fastai.basics import *
 from fastai.callback.schedule import *
 from fastai.callback.tracker import EarlyStoppingCallback, TrackerCallback
 from .groups import *
+from .leftout import LeftOut
 from .discriminative import *
 
 # %% auto #0
-__all__ = ['lr_policies', 'fit_scheds', 'Phase', 'Schedule', 'FineTuneLog', 'running_phase', 'phase_label',
+__all__ = ['lr_policies', 'fit_scheds', 'max_schedule_bytes', 'Phase', 'Schedule', 'FineTuneLog', 'running_phase', 'phase_label',
            'progressive_schedule', 'plot_fine_tune']
 
 # %% ../nbs/04_schedule.ipynb #bf6943ae
@@ -52,7 +53,21 @@ def _resolve(groups, n:int, names=None) -> list:
         return list(range(n-groups, n))
     return resolve_groups(groups, n, names)
 
+# %% ../nbs/04_schedule.ipynb #3bdb4d29
+def _is_number(v) -> bool: return isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+
+def _number(v, field:str, where:str, integer:bool=False):
+    "`v` as a number (a string such as YAML's `'1e-2'` is read as one), or a `ValueError` naming `field` and `where`"
+    if v is None or (_is_number(v) and not integer): return v
+    try: x = None if isinstance(v, bool) else float(v)
+    except (TypeError, ValueError): x = None
+    if x is None or (integer and not x.is_integer()):
+        raise ValueError(f"{where}: {field} must be {'an integer' if integer else 'a number'}, got {v!r}")
+    return int(x) if integer else x
+
 # %% ../nbs/04_schedule.ipynb #97926783
+_float_fields,_int_fields = ('lr_max', 'lr_min', 'factor', 'decay'),('epochs',)
+
 class Schedule:
     "A fine-tuning procedure: phases run one after another on the same learner"
     def __init__(self, phases:list, # `Phase`s (or dicts of their fields), run in order
@@ -70,15 +85,24 @@ class Schedule:
                     monitor=self.monitor, keep_state=self.keep_state, phases=[asdict(p) for p in self.phases])
     @classmethod
     def from_dict(cls, d:dict):
-        "Schedule from `to_dict`'s output"
+        "Schedule from `to_dict`'s output (or a file's), its numbers read as numbers"
         d = dict(d)
         unknown = set(d) - {'bn_policy', 'patience', 'restore_best', 'monitor', 'keep_state', 'phases'}
         if unknown: raise ValueError(f"Unknown schedule settings: {', '.join(sorted(unknown))}")
-        fields = {f.name for f in dataclasses.fields(Phase)}
+        if not isinstance(d.get('phases', []), list): raise ValueError(f"phases must be a list of phases, got {d['phases']!r}")
+        fields,phases = {f.name for f in dataclasses.fields(Phase)},[]
         for i,p in enumerate(d.get('phases', [])):
+            if not isinstance(p, dict): raise ValueError(f"Phase {i} must be a mapping of its fields, got {p!r}")
             bad = set(p) - fields
             if bad: raise ValueError(f"Phase {i} has unknown fields: {', '.join(sorted(bad))}")
-        return cls(**d)
+            where = f"Phase {i}" + (f" ({p['name']})" if p.get('name') else "")
+            p = {k:_number(v, k, where, k in _int_fields) if k in _float_fields+_int_fields else v for k,v in p.items()}
+            if 'lrs' in p and not isinstance(p['lrs'], str):
+                if not isinstance(p['lrs'], (list, tuple)): raise ValueError(f"{where}: lrs must be a policy name or a list of rates, got {p['lrs']!r}")
+                p['lrs'] = [_number(v, 'lrs', where) for v in p['lrs']]
+            phases.append(p)
+        if d.get('patience') is not None: d['patience'] = _number(d['patience'], 'patience', 'The schedule', integer=True)
+        return cls(**{**d, 'phases': phases})
     def __eq__(self, other): return isinstance(other, Schedule) and self.to_dict()==other.to_dict()
     def __len__(self): return len(self.phases)
     def __repr__(self): return f"Schedule of {len(self)} phases (bn_policy={self.bn_policy!r})\n{self.table()}"
@@ -90,22 +114,35 @@ def save(self:Schedule, path:str|Path) -> Path:
     "Write the schedule to `path`: YAML for .yaml/.yml, else JSON"
     path = Path(path)
     d = self.to_dict()
-    if path.suffix in ('.yaml', '.yml'):
-        import yaml; path.write_text(yaml.safe_dump(d, sort_keys=False))
-    else: path.write_text(json.dumps(d, indent=2))
+    path.write_text(yaml.safe_dump(d, sort_keys=False) if path.suffix in ('.yaml', '.yml') else json.dumps(d, indent=2))
     return path
 
 # %% ../nbs/04_schedule.ipynb #31416a66
+class _NoAliasLoader(yaml.SafeLoader):
+    "YAML's safe loader, refusing anchors and aliases (with them a tiny file can expand to a huge one)"
+    def compose_node(self, parent, index):
+        ev = self.peek_event()
+        if isinstance(ev, yaml.AliasEvent) or getattr(ev, 'anchor', None) is not None:
+            raise yaml.YAMLError(f"line {ev.start_mark.line+1}: anchors and aliases (&, *) are not allowed in a schedule")
+        return super().compose_node(parent, index)
+
+max_schedule_bytes = 1_000_000
+
+# %% ../nbs/04_schedule.ipynb #98a95929
 @patch(cls_method=True)
 def load(cls:Schedule, path:str|Path) -> Schedule:
-    "Read a schedule written by `Schedule.save`"
+    "Read a schedule written by `Schedule.save` (JSON, or YAML without anchors and aliases)"
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"No schedule file at {path}")
-    if path.suffix in ('.yaml', '.yml'):
-        import yaml; d = yaml.safe_load(path.read_text())
-    else: d = json.loads(path.read_text())
+    if path.stat().st_size > max_schedule_bytes:
+        raise ValueError(f"{path} is {path.stat().st_size:,} bytes: a schedule file is at most {max_schedule_bytes:,} bytes")
+    try:
+        text = path.read_text()
+        d = yaml.load(text, Loader=_NoAliasLoader) if path.suffix in ('.yaml', '.yml') else json.loads(text)
+    except (yaml.YAMLError, ValueError, UnicodeDecodeError) as e: raise ValueError(f"Cannot read the schedule {path}: {e}") from None
     if not isinstance(d, dict): raise ValueError(f"{path} does not hold a schedule")
-    return cls.from_dict(d)
+    try: return cls.from_dict(d)
+    except (ValueError, TypeError) as e: raise ValueError(f"{path}: {e}") from None
 
 # %% ../nbs/04_schedule.ipynb #f66cedd5
 @patch
@@ -123,6 +160,8 @@ def table(self:Schedule, learn:Learner|None=None) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index('phase')
 
 # %% ../nbs/04_schedule.ipynb #e1a19f92
+def _finite(v) -> bool: return _is_number(v) and math.isfinite(v)
+
 @patch
 def check(self:Schedule, learn:Learner):
     "Raise a clear error if this schedule cannot run on `learn`"
@@ -131,21 +170,29 @@ def check(self:Schedule, learn:Learner):
     if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
         raise ValueError(f"patience must be a positive integer or None, got {self.patience!r}")
     if next(learn.model.parameters(), None) is None: raise ValueError("The model has no parameters to train")
+    if len(learn.dls.loaders) < 2 or not len(learn.dls.valid.dataset):
+        raise ValueError("The validation set is empty: a schedule judges every phase on it; give the DataLoaders validation data (e.g. valid_pct=0.2)")
     n,names,heads = learn.n_groups,list(learn.group_names),False
     for i,p in enumerate(self.phases):
         where = f"Phase {i}" + (f" ({p.name})" if p.name else "")
-        if not isinstance(p.epochs, int) or p.epochs < 1: raise ValueError(f"{where}: epochs must be a positive integer, got {p.epochs!r}")
+        if not isinstance(p.epochs, int) or isinstance(p.epochs, bool) or p.epochs < 1: raise ValueError(f"{where}: epochs must be a positive integer, got {p.epochs!r}")
+        for k in ('lr_max', 'factor', 'decay') + (('lr_min',) if p.lr_min is not None else ()):
+            if not _finite(getattr(p, k)): raise ValueError(f"{where}: {k} must be a finite number, got {getattr(p, k)!r}")
         if not p.lr_max > 0: raise ValueError(f"{where}: lr_max must be positive, got {p.lr_max}")
         if p.sched not in fit_scheds: raise ValueError(f"{where}: unknown schedule {p.sched!r}; choose one of {fit_scheds}")
         if isinstance(p.lrs, str) and p.lrs not in lr_policies: raise ValueError(f"{where}: unknown lr policy {p.lrs!r}; choose one of {lr_policies}")
+        if not isinstance(p.lrs, str) and not all(map(_finite, p.lrs)): raise ValueError(f"{where}: every explicit rate must be a finite number, got {list(p.lrs)}")
         try: idxs = _resolve(p.groups, n, names); lrs = p.group_lrs(n)
         except (ValueError, KeyError, IndexError) as e: raise type(e)(f"{where}: {e.args[0]}") from None
+        if not idxs: raise ValueError(f"{where}: groups={p.groups!r} trains nothing")
         if (lrs <= 0).any(): raise ValueError(f"{where}: every learning rate must be positive")
+        if p.lrs == 'ulmfit' and p.factor < 1 and len(idxs) > 1:
+            warnings.warn(f"{where}: factor={p.factor} < 1 gives the body a higher learning rate than the head (ULMFiT divides by factor > 1 per group)")
         heads |= n-1 in idxs
     if not heads: raise ValueError(f"No phase trains the head (group {n-1}, {names[-1]}): the new head would stay random")
 
 # %% ../nbs/04_schedule.ipynb #4f836728
-class FineTuneLog:
+class FineTuneLog(LeftOut):
     "What a schedule's run recorded: epochs of every phase, per-batch losses and learning rates, phase starts"
     def __init__(self, schedule): self.schedule,self.rows,self.losses,self.lrs,self.starts = schedule,[],[],[],[]
     @property
