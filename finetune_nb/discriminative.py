@@ -7,6 +7,7 @@ from __future__ import annotations
 from fastai.basics import *
 from fastai.callback.schedule import *
 from .groups import *
+from .leftout import LeftOut
 
 # %% auto #0
 __all__ = ['discriminative_lrs', 'layer_decay_lrs', 'GroupRecorder', 'SchedSTLR']
@@ -32,7 +33,7 @@ def layer_decay_lrs(lr_max:float, # Learning rate of the last (head) group
     return discriminative_lrs(lr_max, n_groups, 1/decay)
 
 # %% ../nbs/03_discriminative.ipynb #1ed97d59
-class GroupRecorder(Callback):
+class GroupRecorder(LeftOut, Callback):
     "Record the learning rate, momentum and weight decay of every parameter group at every training batch"
     order,run_valid = 65,False  # after `ParamScheduler` has set this batch's values
     hypers = ('lr', 'mom', 'wd')

@@ -4,7 +4,8 @@ import numpy as np, pytest, torch, timm
 from torch import nn
 from fastai.vision.all import Learner, CrossEntropyLossFlat, vision_learner, resnet18, set_seed, norm_bias_params
 from finetune_nb.test_utils import synth_dls
-from finetune_nb.all import auto_splitter, check_groups, discriminative_lrs
+torch.set_num_threads(1)
+from finetune_nb.all import auto_splitter, check_groups, discriminative_lrs, GroupRecorder
 
 class Net(nn.Module):
     def __init__(self, n_out=3):
@@ -40,7 +41,7 @@ def norm_ids(m): return set(map(id, norm_bias_params(m, with_bias=False)))
 @pytest.mark.parametrize('kind', KINDS)
 def test_frozen_get_no_gradient_and_do_not_change(kind):
     learn = make(kind)
-    learn.freeze_to(-2)
+    learn.set_trainable([-2, -1])
     norms = norm_ids(learn.model)
     frozen = [p for pg in learn.opt.param_lists[:-2] for p in pg if id(p) not in norms]
     before = [p.detach().clone() for p in frozen]
@@ -54,6 +55,7 @@ def test_frozen_get_no_gradient_and_do_not_change(kind):
 @pytest.mark.parametrize('fit', ['one_cycle', 'stlr'])
 def test_lr_ratio_is_the_factor_at_every_step(kind, fit):
     learn = make(kind)
+    learn.add_cb(GroupRecorder())
     lrs = discriminative_lrs(1e-2, learn.n_groups, 2.6)
     getattr(learn, f'fit_{fit}')(2, lrs)
     rec = learn.group_recorder.values('lr')
@@ -63,11 +65,11 @@ def test_lr_ratio_is_the_factor_at_every_step(kind, fit):
 @pytest.mark.parametrize('kind', KINDS)
 def test_optimizer_state_survives_unfreeze(kind):
     learn = make(kind)
-    learn.freeze()
+    learn.set_trainable(-1)
     learn.fit(1, 1e-3)
     head = learn.opt.param_lists[-1]
     states = [learn.opt.state[p]['grad_avg'].clone() for p in head]
-    learn.freeze_to(-2, keep_state=True)
+    learn.set_trainable([-2, -1], keep_state=True)
     assert all(torch.equal(learn.opt.state[p]['grad_avg'], s) for p,s in zip(head, states))
     norms = norm_ids(learn.model)
     assert not any('grad_avg' in learn.opt.state[p] for p in learn.opt.param_lists[-2] if id(p) not in norms)
@@ -82,7 +84,7 @@ def bn_of_group(learn, i):
 @pytest.mark.parametrize('policy,moves', [('train', (True, True)), ('stats', (False, True)), ('frozen', (False, False))])
 def test_bn_policy(kind, policy, moves):
     learn = make(kind)
-    learn.freeze()
+    learn.set_trainable(-1)
     learn.set_bn_policy(policy)
     bn = bn_of_group(learn, 0)
     w,rm = bn.weight.detach().clone(),bn.running_mean.clone()
@@ -92,9 +94,12 @@ def test_bn_policy(kind, policy, moves):
 def test_no_parameters_is_a_clear_error():
     with pytest.raises(ValueError, match="no parameters"): auto_splitter(nn.Sequential(nn.ReLU()))
 
-def test_single_group_freeze_is_a_clear_error():
+def test_single_group_keeps_fastai_semantics():
+    "fastai's `freeze` is not patched: a single-group learner freezes as in fastai; `set_trainable` names a group that does not exist"
     learn = Learner(synth_dls(), Net(), loss_func=CrossEntropyLossFlat())
-    with pytest.raises(ValueError, match="single parameter group"): learn.freeze()
+    learn.freeze()
+    assert all(p.requires_grad for p in learn.model.parameters())  # fastai freezes up to the last group: here, nothing
+    with pytest.raises(IndexError, match="has 1 groups"): learn.set_trainable(1)
 
 def test_duplicated_or_missing_params_are_caught():
     m = Net()
