@@ -8,6 +8,7 @@ import contextlib, functools, inspect, weakref
 from fastai.basics import *
 from fastai.callback.schedule import LRFinder
 from .groups import *
+from .finetune import finetune_callbacks
 from .picker import *
 from .live import *
 
@@ -73,6 +74,21 @@ def last_live_panel(learn:Learner) -> LivePanel|None:
     "The `LivePanel` that the extension gave `learn`'s latest fit"
     return _panels.get(learn, (None, None))[1]
 
+# %% ../nbs/14_extension.ipynb #b889ddb8
+_attached = weakref.WeakKeyDictionary()   # learner -> the callbacks the extension gave it
+
+def _attach(learn:Learner):
+    "Give `learn` finetune_nb's callbacks through `finetune_callbacks`, once, remembering which ones it added"
+    if learn in _attached: return
+    before = {id(c) for c in learn.cbs}
+    finetune_callbacks(learn)
+    _attached[learn] = [c for c in learn.cbs if id(c) not in before]
+
+def _detach_all():
+    "Take out of each learner the callbacks `_attach` gave it"
+    for learn,cbs in list(_attached.items()): learn.remove_cbs(cbs)
+    _attached.clear()
+
 # %% ../nbs/14_extension.ipynb #e7076bd8
 def _end_stopped(panel:LivePanel):
     "End a panel whose fit raised: fastai skips `after_fit`, so the device thread would run on"
@@ -87,6 +103,7 @@ def _fit_with_panel(fit, sig:inspect.Signature, learn:Learner, *args, **kwargs):
     except TypeError: return fit(learn, *args, **kwargs)   # fastai gives the error
     cbs = ba.arguments.get('cbs')
     if not (_ext.loaded and _wants_panel(learn, cbs)): return fit(learn, *args, **kwargs)
+    _attach(learn)
     panel = _panel_for(learn)
     ba.arguments['cbs'] = L(cbs) + [panel]
     quiet = panel.use_widgets   # the panel shows progress and epochs
@@ -123,7 +140,7 @@ def load_ipython_extension(ip):
 
 # %% ../nbs/14_extension.ipynb #07747395
 def unload_ipython_extension(ip):
-    "Undo `load_ipython_extension`: fastai's `Learner.fit` and the learner's usual display come back"
+    "Undo `load_ipython_extension`: fastai's `Learner.fit`, the learner's usual display and its own callbacks come back"
     if not _ext.loaded: return
     if Learner.fit is _ext.wrapper: Learner.fit = _ext.fit
     fmt = _ext.shell.display_formatter.mimebundle_formatter
@@ -132,4 +149,5 @@ def unload_ipython_extension(ip):
         if _ext.formatter is not None: fmt.for_type(Learner, _ext.formatter)
     with contextlib.suppress(ValueError): _ext.shell.events.unregister('pre_run_cell', _new_cell)
     _panels.clear()
+    _detach_all()
     _ext.update(loaded=False, shell=None, fit=None, wrapper=None, formatter=None)

@@ -53,6 +53,9 @@ def test_load_fit_display_unload(ip):
     names = ip.user_ns['names']
     assert 'Done: epoch 1/1 · batch 2/2' in out   # the panel's text line, beside fastai's table
     assert names.fits[-1].count('LivePanel') == 1 and 'ProgressCallback' in names.fits[-1]
+    assert {'GroupRecorder', 'FeatureCache', 'DivergenceGuard', 'OverfitWatch'} <= set(names.fits[-1])   # finetune_callbacks joined the watched fit
+    from fastai.basics import defaults
+    assert all(c.__module__.startswith('fastai.') for c in defaults.callbacks), defaults.callbacks   # fastai's defaults untouched
     import finetune_nb.extension as ext
     learn = ip.user_ns['learn']
     panel = ext.last_live_panel(learn)
@@ -69,6 +72,7 @@ def test_load_fit_display_unload(ip):
     assert ext._new_cell not in ip.events.callbacks['pre_run_cell']
     run(ip, 'learn.fit(1, 1e-2, cbs=names)')
     assert 'LivePanel' not in names.fits[-1] and ext.last_live_panel(learn) is None
+    assert not {'GroupRecorder', 'FeatureCache', 'DivergenceGuard', 'OverfitWatch'} & set(names.fits[-1])   # unloading took them out
     after = run(ip, 'learn')
     assert after.split(': ', 1)[1] == usual.split(': ', 1)[1]   # the usual repr, only the prompt number differs
 
