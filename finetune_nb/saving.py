@@ -6,6 +6,8 @@
 from __future__ import annotations
 from fastai.vision.all import *
 from .models import *
+from .leftout import LeftOut
+from .schedule import running_phase
 
 # %% auto #0
 __all__ = ['torch_save_atomic', 'save_finetuned', 'read_saved', 'load_finetuned', 'SaveEachEpoch']
@@ -24,7 +26,13 @@ def _plain(o):
 def torch_save_atomic(obj, path:str|Path) -> Path:
     "`torch.save` the plain data of `obj` to `path` through fastcore's `atomic_save`, so `path` is never half written"
     path = Path(path)
-    with atomic_save(path) as f: torch.save(_plain(obj), f)
+    try:
+        with atomic_save(path) as f:
+            torch.save(_plain(obj), f)
+            f.flush()  # a full disk fails here, inside `atomic_save`, which then deletes its temporary file
+    except RuntimeError as e:  # torch's writer reports a failed write as a RuntimeError; the OSError is its context
+        if isinstance(e.__context__, OSError): raise OSError(e.__context__.errno, e.__context__.strerror, str(path)) from None
+        raise
     return path
 
 # %% ../nbs/05_saving.ipynb #9d33b13d
@@ -56,10 +64,12 @@ def load_finetuned(path:str|Path) -> tuple[nn.Module, dict]:
     return m.eval(), d
 
 # %% ../nbs/05_saving.ipynb #fe015b91
-class SaveEachEpoch(Callback):
-    "Save the model atomically to `path` after every completed epoch"
+class SaveEachEpoch(LeftOut, Callback):
+    "Save the model atomically to `path` after every completed epoch, counting the epochs of a whole schedule"
     order = 90
     def __init__(self, path:str|Path, **meta): self.path,self.meta,self.n_saved = Path(path),meta,0
     def after_epoch(self):
-        save_finetuned(self.learn, self.path, epochs_done=self.n_saved+1, **self.meta)
-        self.n_saved += 1  # only once the file is in place: an interrupt mid-write leaves the previous epoch's file and count
+        if getattr(self.learn, 'replaying', False): return  # an epoch that a resumed schedule replays was saved before
+        done = len(self.learn.ft_log.rows)+self.epoch+1 if running_phase(self.learn) is not None else self.n_saved+1
+        save_finetuned(self.learn, self.path, epochs_done=done, **self.meta)
+        self.n_saved = done  # only once the file is in place: an interrupt mid-write leaves the previous epoch's file and count
