@@ -150,15 +150,38 @@ def trainable_groups(self:Learner) -> L:
     if self.opt is None: self.create_opt()
     return L(i for i in range(self.n_groups) if _is_trainable(self.opt, i))
 
+# %% ../nbs/02_groups.ipynb #21be0688
+def _frozen_by(p) -> str|None:
+    "Who froze parameter `p`: 'user', 'finetune_nb', or `None`"
+    return p.__dict__.get('_frozen_by')
+
+def _note_user_frozen(learn:Learner) -> set:
+    "Mark the parameters that are frozen for no reason finetune_nb knows as frozen by the user; their ids"
+    if learn.opt is None: learn.create_opt()
+    fz = getattr(learn.opt, 'frozen_idx', 0)
+    for i,pg in enumerate(learn.opt.param_lists):
+        for p in pg:
+            if p.requires_grad: p.__dict__.pop('_frozen_by', None)  # trains now: nobody's freeze holds
+            elif _frozen_by(p) is None and (i >= fz or learn.opt.state[p].get('force_train', False)): p._frozen_by = 'user'
+    return {id(p) for pg in learn.opt.param_lists for p in pg if _frozen_by(p)=='user'}
+
+# %% ../nbs/02_groups.ipynb #5eba4d36
+@patch(as_prop=True)
+def user_frozen(self:Learner) -> L:
+    "Names of the parameters the user froze: finetune_nb never trains them"
+    ids = _note_user_frozen(self)
+    return L(n for n,p in self.model.named_parameters() if id(p) in ids)
+
 # %% ../nbs/02_groups.ipynb #efbef094
 @patch
 def group_table(self:Learner) -> pd.DataFrame:
-    "One row per parameter group: name, parameter counts, trainable state, norm layers and learning rate"
-    if self.opt is None: self.create_opt()
+    "One row per parameter group: name, parameter counts, trainable state, norm layers, parameters the user froze and learning rate"
+    uf = _note_user_frozen(self)
     norm_ids = set(map(id, norm_bias_params(self.model, with_bias=False)))
     rows = [dict(group=i, name=n, params=sum(p.numel() for p in pg),
                  trainable=sum(p.numel() for p in pg if p.requires_grad),
                  norm_params=sum(p.numel() for p in pg if id(p) in norm_ids),
+                 user_frozen=sum(p.numel() for p in pg if id(p) in uf),
                  lr=h['lr'], training=_is_trainable(self.opt, i))
             for i,(n,pg,h) in enumerate(zip(self.group_names, self.opt.param_lists, self.opt.hypers))]
     return pd.DataFrame(rows).set_index('group')
@@ -191,18 +214,21 @@ def group_idxs(self:Learner, groups) -> list:
 @patch
 def set_trainable(self:Learner, groups, # Groups to train: indices, names, 'all' or 'head'
                   keep_state:bool=True): # Keep the optimiser state of groups that were already training
-    "Train only `groups`; other groups are frozen, their gradients dropped"
-    if self.opt is None: self.create_opt()
+    "Train only `groups`; other groups are frozen, their gradients dropped; parameters the user froze stay frozen"
+    uf = _note_user_frozen(self)  # before anything changes
     on = set(self.group_idxs(groups))
     was = set(self.trainable_groups)
     for i,pg in enumerate(self.opt.param_lists):
         for p in pg:
             st = self.opt.state[p]
-            p.requires_grad_(i in on or st.get('force_train', False))
-            if not p.requires_grad: p.grad = None
+            p.requires_grad_((i in on or st.get('force_train', False)) and id(p) not in uf)
+            if p.requires_grad: p.__dict__.pop('_frozen_by', None)
+            else: p.grad = None; p._frozen_by = _frozen_by(p) or 'finetune_nb'
             if not keep_state or (i in on and i not in was):
                 self.opt.state[p] = {k:st[k] for k in self.opt._keep_on_clear if k in st}
     self.opt.frozen_idx = min(on) if on else len(self.opt.param_lists)
+    if kept := [i for i in sorted(on) if all(id(p) in uf for p in self.opt.param_lists[i])]:
+        warn(f"Frozen by you, so they stay frozen: {', '.join(self.group_names[i] for i in kept)}")
 
 # %% ../nbs/02_groups.ipynb #c74b2799
 bn_policies = ('train', 'stats', 'frozen')
@@ -212,7 +238,7 @@ bn_policies = ('train', 'stats', 'frozen')
 def set_bn_policy(self:Learner, policy:str='train'): # 'train', 'stats' or 'frozen'
     "Choose what normalisation layers in frozen groups do (see the table above)"
     if policy not in bn_policies: raise ValueError(f"Unknown BatchNorm policy {policy!r}; choose one of {bn_policies}")
-    if self.opt is None: self.create_opt()
+    _note_user_frozen(self)  # before the norm layers' flags change
     groups = self.trainable_groups
     self.train_bn,self.bn_policy = policy=='train',policy
     for p in norm_bias_params(self.model, with_bias=False): self.opt.state[p]['force_train'] = self.train_bn
