@@ -30,13 +30,13 @@ def redraw_cost(n=50):
     "Milliseconds per LivePanel redraw (four charts from full 400-point series, table, status) and per batch of bookkeeping"
     import warnings; warnings.filterwarnings('ignore')
     import torch
-    from finetune_nb.live import LivePanel, LiveView, Series
+    from finetune_nb.live import LivePanel, LiveView, BoundedSeries
     p = LivePanel(widgets=True)
     st = p.state
     for i in range(5000):
         st.loss.add(i, torch.tensor(1/(i+1))); st.lrs.add(i, [1e-4, 4e-4, 1e-3, 1e-2])
         if i % 10 == 0: st.grads.add(i, torch.rand(4))
-        if i % 100 == 0: st.valid.add(i, 0.5); st.metrics.setdefault('accuracy', Series(400)).add(i, 0.9); st.rows.append(dict(epoch=i, valid_loss=0.5))
+        if i % 100 == 0: st.valid.add(i, 0.5); st.metrics.setdefault('accuracy', BoundedSeries(400)).add(i, 0.9); st.rows.append(dict(epoch=i, valid_loss=0.5))
     st.step,st.group_names,st.n_batches,st.n_epochs,st.total_epochs = 5000,['a', 'b', 'c', 'd'],100,50,50
     view = LiveView(p)
     t0 = time.perf_counter()

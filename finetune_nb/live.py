@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading, time, io, contextlib
 from collections import deque
 from fastai.basics import *
+from .leftout import LeftOut
 from .groups import *
 from .schedule import *
 from .guards import *
@@ -14,10 +15,10 @@ from .charts import *
 from .device import *
 
 # %% auto #0
-__all__ = ['Series', 'TrainingState', 'LivePanel', 'alert_html', 'LiveView']
+__all__ = ['BoundedSeries', 'TrainingState', 'LivePanel', 'alert_html', 'LiveView']
 
 # %% ../nbs/12c_live.ipynb #8ba6b2ec
-class Series:
+class BoundedSeries:
     "At most `max_points` (x, y) points of a growing series, evenly thinned as it grows"
     def __init__(self, max_points:int=400): self.max_points,self.stride,self.n,self.xs,self.ys = max_points,1,0,[],[]
     def add(self, x, y):
@@ -36,8 +37,8 @@ class TrainingState:
     "What the live panel shows: progress, throughput, bounded series, phases, device"
     def __init__(self, max_points:int=400):
         self.max_points = max_points
-        self.loss,self.valid = Series(max_points),Series(max_points)
-        self.metrics,self.lrs,self.grads = {},Series(max_points),Series(max_points)
+        self.loss,self.valid = BoundedSeries(max_points),BoundedSeries(max_points)
+        self.metrics,self.lrs,self.grads = {},BoundedSeries(max_points),BoundedSeries(max_points)
         self.phases,self.group_names = [],[]
         self.step,self.epoch,self.n_epochs,self.batch,self.n_batches = 0,0,0,0,0
         self.samples,self.t_fit,self.speed,self.eta,self.device = 0,None,None,None,{}
@@ -58,7 +59,7 @@ class TrainingState:
                 + (' · ⚠ overfitting' if self.overfit else '') + (' · ✖ diverged' if self.diverged else ''))
 
 # %% ../nbs/12c_live.ipynb #b5f67028
-class LivePanel(Callback):
+class LivePanel(LeftOut, Callback):
     "Live charts, progress, device load and a Stop button for fastai training"
     order,run_valid = 70,True
     def __init__(self, fps:float=1.0, # Redraws per second, at most
@@ -141,7 +142,7 @@ def after_epoch(self:LivePanel):
     for n,v in zip(names, vals):
         if n == 'train_loss' or v is None: continue
         if n == 'valid_loss': st.valid.add(st.step, float(v))
-        else: st.metrics.setdefault(n, Series(self.max_points)).add(st.step, float(v))
+        else: st.metrics.setdefault(n, BoundedSeries(self.max_points)).add(st.step, float(v))
     st.epoch = self.epoch+1 if self.epoch+1 < st.n_epochs else self.epoch
     ov = getattr(self.learn, 'overfit', None)  # kept by `OverfitWatch`, which runs before the panel
     msg = ov.message if isinstance(ov, OverfitState) and ov.flag else ''
