@@ -68,11 +68,14 @@ def _head_and_body(model:nn.Module):
 # %% ../nbs/02_groups.ipynb #22ff7e7b
 def group_name(model:nn.Module, params) -> str:
     "Short name of the modules of `model` spanned by `params`"
-    ids,spans = set(map(id, params)),[]
+    ids,spans,done = set(map(id, params)),[],set()
     def walk(m, prefix):
         ps = [id(p) for p in m.parameters()]
-        if ps and all(i in ids for i in ps): return spans.append(prefix.rstrip('.') or type(m).__name__)
-        spans.extend(prefix+n for n,p in m.named_parameters(recurse=False) if id(p) in ids)
+        if ps and all(i in ids for i in ps):
+            if not done.issuperset(ps): spans.append(prefix.rstrip('.') or type(m).__name__)  # not only weights shared with a module named already
+            return done.update(ps)
+        for n,p in m.named_parameters(recurse=False):
+            if id(p) in ids and id(p) not in done: spans.append(prefix+n); done.add(id(p))
         for n,c in m.named_children(): walk(c, prefix+n+'.')
     walk(model, '')
     if not spans: raise ValueError("These parameters are not in the model")
@@ -83,12 +86,56 @@ def _merge(units:list, n:int) -> list:
     "Merge neighbouring `units` into `n` contiguous groups of nearly equal numbers of units"
     return [sum((units[i] for i in idx), []) for idx in np.array_split(np.arange(len(units)), n)]
 
+# %% ../nbs/02_groups.ipynb #5277f93b
+def _tensors(o) -> list:
+    "Every tensor in a model output: a tensor, or tuples, lists and dicts of them"
+    if isinstance(o, Tensor): return [o]
+    if isinstance(o, dict): o = list(o.values())
+    return [t for e in o for t in _tensors(e)] if isinstance(o, (list, tuple)) else []
+
+def _sample(x, model:nn.Module) -> tuple:
+    "Two samples of the inputs `x` (a tensor, a tuple of them, or a fastai `DataLoader(s)`), on `model`'s device"
+    if isinstance(x, DataLoaders): x = x.valid if len(x.valid) else x.train
+    if isinstance(x, DataLoader): x = tuple(x.one_batch()[:x.n_inp])
+    x = tuplify(x)
+    return tuple(to_device(o[:2] if isinstance(o, Tensor) else o, next(model.parameters()).device) for o in x)
+
+def _unused_params(model:nn.Module, x) -> set:
+    "Ids of the parameters of `model` that a forward pass on the sample input `x` does not use"
+    ran,params = set(),list(model.parameters())
+    hooks = [m.register_forward_pre_hook(lambda m,a: ran.add(id(m))) for m in model.modules()]
+    was,flags = model.training,[p.requires_grad for p in params]
+    try:
+        model.eval()
+        for p in params: p.requires_grad_(True)
+        out = model(*_sample(x, model))
+        used = {id(p) for m in model.modules() if id(m) in ran for p in m.parameters(recurse=False)}
+        rest,ts = [p for p in params if id(p) not in used],[t for t in _tensors(out) if t.grad_fn is not None]
+        if rest and ts:  # read directly by another module (`F.linear(h, self.embed.weight)`)?
+            gs = torch.autograd.grad(sum(t.float().sum() for t in ts), rest, allow_unused=True)
+            used |= {id(p) for p,g in zip(rest, gs) if g is not None}
+    finally:
+        for h in hooks: h.remove()
+        for p,f in zip(params, flags): p.requires_grad_(f)
+        model.train(was)
+    return {id(p) for p in params} - used
+
 # %% ../nbs/02_groups.ipynb #ef379a4f
 def layer_groups(model:nn.Module, # Any PyTorch model
                  n_groups:int|None=None, # Merge neighbouring groups down to this number (head included)
+                 unused=(), # Ids of parameters that get no group (`forward` does not use them)
                 ) -> L:
-    "Parameter names of each layer group of `model`, body first, head last"
+    "Parameter names of each layer group of `model`, body first, head last; a shared parameter in the lowest group that uses it"
     head,units = _head_and_body(model)
+    params,seen = dict(model.named_parameters(remove_duplicate=False)),set(unused)
+    def first_use(ns):
+        out = []
+        for n in ns:
+            if id(params[n]) not in seen: seen.add(id(params[n])); out.append(n)
+        return out
+    units = [u for u in map(first_use, units) if u]
+    head = first_use(head)
+    if not head and units: head = units.pop()  # the head is not used, or all its weights are shared lower down
     if n_groups is None: groups = units + [head]
     else:
         if n_groups < 1: raise ValueError(f"n_groups must be at least 1, got {n_groups}")
@@ -98,11 +145,12 @@ def layer_groups(model:nn.Module, # Any PyTorch model
     return L(g for g in groups if g)
 
 # %% ../nbs/02_groups.ipynb #fc735185
-def check_groups(model:nn.Module, groups) -> None:
-    "Raise if a trainable parameter of `model` is in no group or in several of `groups`"
+def check_groups(model:nn.Module, groups,
+                 unused=()) -> None: # Ids of parameters that `forward` does not use: they may be in no group
+    "Raise if a trainable parameter of `model` is in no group (unless `forward` does not use it) or in several of `groups`"
     names = {id(p):n for n,p in model.named_parameters()}
     seen = Counter(id(p) for g in groups for p in g)
-    missing = [n for n,p in model.named_parameters() if p.requires_grad and id(p) not in seen]
+    missing = [n for n,p in model.named_parameters() if p.requires_grad and id(p) not in seen and id(p) not in unused]
     dups = [names.get(i, '?') for i,c in seen.items() if c>1]
     if missing: raise ValueError(f"{len(missing)} trainable parameters are in no group: {', '.join(missing[:5])}")
     if dups: raise ValueError(f"{len(dups)} parameters are in several groups: {', '.join(dups[:5])}")
@@ -110,18 +158,22 @@ def check_groups(model:nn.Module, groups) -> None:
 # %% ../nbs/02_groups.ipynb #9d7b1f7f
 def auto_splitter(model:nn.Module, # Any PyTorch model
                   n_groups:int|None=None, # Merge neighbouring groups down to this number (head included)
+                  x=None, # Sample input (tensor, tuple, or fastai `DataLoader(s)`): parameters `forward` does not use get no group
                  ) -> L:
     "A fastai splitter for any model: its layer groups as lists of parameters, head last"
     if not _has_params(model): raise ValueError(f"{type(model).__name__} has no parameters to split")
-    params = dict(model.named_parameters())
-    groups = layer_groups(model, n_groups).map(lambda ns: [params[n] for n in ns])
-    check_groups(model, groups)
+    unused = set() if x is None else _unused_params(model, x)
+    if ns := [n for n,p in model.named_parameters() if id(p) in unused]:
+        warn(f"auto_splitter: forward does not use {', '.join(ns[:5])}{' …' if len(ns)>5 else ''} ({len(ns)} parameters): they get no group and never train")
+    params = dict(model.named_parameters(remove_duplicate=False))
+    groups = layer_groups(model, n_groups, unused).map(lambda ns: [params[n] for n in ns])
+    check_groups(model, groups, unused)
     return groups
 
 # %% ../nbs/02_groups.ipynb #e7d81cfe
-def groups_named(model:nn.Module, n_groups:int|None=None) -> L:
-    "Names of the layer groups `auto_splitter` finds in `model`"
-    return auto_splitter(model, n_groups).map(partial(group_name, model))
+def groups_named(model:nn.Module, n_groups:int|None=None, x=None) -> L:
+    "Names of the layer groups `auto_splitter` finds in `model` (given the sample input `x`, if any)"
+    return auto_splitter(model, n_groups, x).map(partial(group_name, model))
 
 # %% ../nbs/02_groups.ipynb #538e39de
 @patch(as_prop=True)
@@ -173,15 +225,22 @@ def user_frozen(self:Learner) -> L:
     return L(n for n,p in self.model.named_parameters() if id(p) in ids)
 
 # %% ../nbs/02_groups.ipynb #efbef094
+def _shared(model:nn.Module) -> dict:
+    "Names of each parameter of `model` that several modules hold (tied weights), by id"
+    names = defaultdict(list)
+    for n,p in model.named_parameters(remove_duplicate=False): names[id(p)].append(n)
+    return {i:ns for i,ns in names.items() if len(ns) > 1}
+
 @patch
 def group_table(self:Learner) -> pd.DataFrame:
-    "One row per parameter group: name, parameter counts, trainable state, norm layers, parameters the user froze and learning rate"
-    uf = _note_user_frozen(self)
+    "One row per parameter group: name, parameter counts, trainable state, norm layers, parameters the user froze, tied weights and learning rate"
+    uf,shared = _note_user_frozen(self),_shared(self.model)
     norm_ids = set(map(id, norm_bias_params(self.model, with_bias=False)))
     rows = [dict(group=i, name=n, params=sum(p.numel() for p in pg),
                  trainable=sum(p.numel() for p in pg if p.requires_grad),
                  norm_params=sum(p.numel() for p in pg if id(p) in norm_ids),
                  user_frozen=sum(p.numel() for p in pg if id(p) in uf),
+                 shared='; '.join(' = '.join(shared[id(p)]) for p in pg if id(p) in shared),
                  lr=h['lr'], training=_is_trainable(self.opt, i))
             for i,(n,pg,h) in enumerate(zip(self.group_names, self.opt.param_lists, self.opt.hypers))]
     return pd.DataFrame(rows).set_index('group')

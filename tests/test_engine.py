@@ -106,3 +106,43 @@ def test_duplicated_or_missing_params_are_caught():
     ps = list(m.parameters())
     with pytest.raises(ValueError, match="in no group"): check_groups(m, [ps[:-1]])
     with pytest.raises(ValueError, match="in several groups"): check_groups(m, [ps, ps[:1]])
+
+class TiedLM(nn.Module):
+    def __init__(self, v=10, d=4):
+        super().__init__()
+        self.embed,self.body,self.lm_head = nn.Embedding(v,d),nn.Linear(d,d),nn.Linear(d,v)
+        self.lm_head.weight = self.embed.weight
+    def forward(self, x): return self.lm_head(self.body(self.embed(x)))
+
+def test_tied_weights_go_to_the_lowest_group_and_show():
+    m = TiedLM()
+    groups = auto_splitter(m)
+    ids = [id(p) for g in groups for p in g]
+    assert sorted(ids) == sorted(map(id, m.parameters())) and ids.count(id(m.embed.weight)) == 1
+    assert id(m.embed.weight) in map(id, groups[0])
+    learn = Learner(synth_dls(), m, loss_func=CrossEntropyLossFlat(), splitter=auto_splitter)
+    assert learn.group_table().shared.tolist() == ['embed.weight = lm_head.weight', '', '']
+
+class SpareMLP(nn.Module):
+    "No BatchNorm, and a module that forward never uses, registered last"
+    def __init__(self):
+        super().__init__()
+        self.body,self.head,self.spare = nn.Sequential(nn.Flatten(), nn.Linear(48, 8), nn.ReLU()),nn.Linear(8, 3),nn.Linear(8, 5)
+    def forward(self, x): return self.head(self.body(x))
+
+def test_unused_module_registered_last_is_not_the_head():
+    from functools import partial
+    dls = synth_dls(size=4)
+    set_seed(0); plain = Learner(dls, SpareMLP(), loss_func=CrossEntropyLossFlat(), splitter=auto_splitter)
+    plain.set_trainable(-1)
+    with plain.no_logging(), pytest.raises(RuntimeError, match="does not require grad"): plain.fit(1)  # structure alone
+    set_seed(0)
+    with pytest.warns(UserWarning, match="forward does not use spare.weight, spare.bias"):
+        learn = Learner(dls, SpareMLP(), loss_func=CrossEntropyLossFlat(), splitter=partial(auto_splitter, x=dls))
+        learn.create_opt()
+    assert list(learn.group_names)[-1] == 'head'
+    assert not {id(p) for p in learn.model.spare.parameters()} & {id(p) for pg in learn.opt.param_lists for p in pg}
+    learn.set_trainable(-1)
+    h0 = learn.model.head.weight.detach().clone()
+    with learn.no_logging(): learn.fit(1, 1e-2)
+    assert not torch.equal(learn.model.head.weight, h0)
