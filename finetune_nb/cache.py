@@ -14,12 +14,18 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.nn.modules.dropout import _DropoutNd
 from torch.utils.flop_counter import FlopCounterMode
 from .groups import *
+from .leftout import LeftOut
 
 # %% auto #0
-__all__ = ['NO_PREFIX', 'sequential_stages', 'frozen_stages', 'augmentations', 'cache_blockers', 'CachedDL', 'FeatureCache']
+__all__ = ['NO_PREFIX', 'sequential_stages', 'stage_problem', 'frozen_stages', 'augmentations', 'cache_blockers', 'CachedDL',
+           'frozen_prefix', 'cache_activations', 'FeatureCache']
 
 # %% ../nbs/06_cache.ipynb #a090ce6f
 def _has_params(m): return any(True for _ in m.parameters())
+
+def _own_tensors(m:nn.Module) -> list[str]:
+    "Names of the parameters and buffers `m` holds itself, not through a child"
+    return [n for n,t in [*m._parameters.items(), *m._buffers.items()] if t is not None]
 
 def _compose(mods, x):
     for m in mods: x = m(x)
@@ -36,11 +42,12 @@ class _Method(nn.Module):
     def forward(self, x): return getattr(self.model, self.method)(x)
 
 # %% ../nbs/06_cache.ipynb #c076c09d
-def _equivalent(m, kids, x) -> bool:
-    "Do `kids`, in order, compute `m(x)` in eval and in training mode? (buffers and random state are kept)"
-    bufs = [(b, b.clone()) for b in m.buffers()]
+def _equivalent(m, kids, x, modes=(False, True)) -> bool:
+    "Do `kids`, in order, compute `m(x)` in each of `modes` (eval, training)? (modes, buffers and random state are kept)"
+    was = {o: o.training for k in [m, *kids] for o in k.modules()}
+    bufs = [(b, b.clone()) for b in m.buffers()] if True in modes else []  # training mode moves BatchNorm statistics
     try:
-        for mode in (False, True):
+        for mode in modes:
             m.train(mode)
             for k in kids: k.train(mode)
             with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
@@ -52,11 +59,12 @@ def _equivalent(m, kids, x) -> bool:
     finally:
         with torch.no_grad():
             for b,c in bufs: b.copy_(c)
+        for o,t in was.items(): o.training = t
 
 def _children_for(m, x):
     "Children of `m` that can stand in for it, in order, or `None`"
     kids = list(m.children())
-    if not kids or not _has_params(m): return None
+    if not kids or not _has_params(m) or _own_tensors(m): return None  # `m.forward` may use its own tensors anywhere
     if isinstance(m, nn.Sequential) or _equivalent(m, kids, x): return kids
     if hasattr(m, 'forward_features') and hasattr(m, 'forward_head'):  # timm's contract: forward = forward_head(forward_features)
         for k in range(len(kids)-1, 0, -1):
@@ -80,6 +88,18 @@ def sequential_stages(model:nn.Module, # The model to take apart
     finally:
         for m,t in modes.items(): m.training = t
     return stages
+
+# %% ../nbs/06_cache.ipynb #5145fc5d
+def stage_problem(model:nn.Module, # The model
+                  stages:list[nn.Module], # Modules meant to compute `model`, in order
+                 ) -> str|None:
+    "Why `stages` cannot stand for `model` (a parameter or buffer in no stage, or in several), or `None`"
+    names = {}
+    for n,t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]: names.setdefault(id(t), n)
+    count = Counter(i for s in stages for i in {id(t) for t in [*s.parameters(), *s.buffers()]})
+    if (n := first(n for i,n in names.items() if count[i] == 0)): return f"`{n}` is in none of the model's stages: the forward uses it outside them"
+    if (n := first(n for i,n in names.items() if count[i] > 1)): return f"`{n}` is shared by several stages"
+    return None
 
 # %% ../nbs/06_cache.ipynb #8914f040
 def _stateful(m:nn.Module) -> bool:
@@ -117,6 +137,7 @@ def cache_blockers(learn:Learner) -> list[str]:
         if augmentations(dl): res.append(f"the training data is augmented ({', '.join(type(f).__name__ for f in augmentations(dl))})")
         if getattr(getattr(dl, 'before_batch', None), 'fs', None): res.append("the training data has batch-level transforms")
         if type(dl).__name__ == 'DistributedDL': res.append("training is distributed")
+        if getattr(dl, 'n_inp', 1) != 1: res.append(f"the model takes {dl.n_inp} inputs")
     if any(isinstance(cb, MixHandler) or getattr(cb, 'cache_safe', True) is False for cb in learn.cbs):
         res.append("a callback changes the inputs (e.g. MixUp)")
     if hasattr(learn.model, '_orig_mod') or getattr(learn.model, '_compiled_call_impl', None) is not None:
@@ -139,22 +160,6 @@ class CachedDL:
             yield to_device((self.xs[i], *[y[i] for y in self.ys]), dl.device)
         dl.after_iter()
 
-# %% ../nbs/06_cache.ipynb #111f973e
-def _human(n): return next(f"{n/k:.1f} {u}" for k,u in ((2**30,'GiB'),(2**20,'MiB'),(2**10,'KiB'),(1,'B')) if n >= k or u == 'B')
-
-class FeatureCache(Callback):
-    "Train on cached activations of the frozen prefix where that gives the same result as the normal path"
-    order = 50  # after `TrainEvalCallback` and `BnFreeze` set modes, before `ProgressCallback` reads `learn.dl`
-    builds,stages,stages_of,blocked,patched,feeding,reason = 0,None,None,None,None,False,"not used yet"
-    def __init__(self, enabled:bool=True, # Turn caching on or off
-                 max_memory:int=2*2**30, # Keep at most this many bytes of activations in memory...
-                 max_disk:int=20*2**30, # ...and at most this many in a temporary file, else train normally
-                 verbose:bool=True): # Say what is cached and how big it is
-        store_attr(); self.clear()
-    def clear(self):
-        "Forget every cached activation"
-        self.key,self.train_c,self.valid_c,self.n,self.active = None,None,None,0,False
-
 # %% ../nbs/06_cache.ipynb #5e053ff4
 @contextmanager
 def _rng_kept():
@@ -162,137 +167,170 @@ def _rng_kept():
     try: yield
     finally: random.setstate(st); torch.set_rng_state(tst)
 
-@patch
-def _stages(self:FeatureCache):
-    if self.stages_of is not self.model:
-        with _rng_kept():
-            dl = self.dls.valid if len(self.dls.valid.dataset) else self.dls.train
-            b = dl.new(shuffle=False, drop_last=False, bs=2).one_batch()
-        self.stages,self.stages_of = sequential_stages(self.model, b[0]),self.model
-    return self.stages
+def _sample(dls) -> Tensor:
+    "Inputs of two items, from the validation set (the training set if that is empty), leaving the random generators alone"
+    with _rng_kept():
+        dl = dls.valid if len(dls.valid.dataset) else dls.train
+        return dl.new(shuffle=False, drop_last=False, bs=2).one_batch()[0]
 
-# %% ../nbs/06_cache.ipynb #97d23670
-@patch
-def _autocast(self:FeatureCache):
-    "The autocast context training runs the model in, to compute the prefix the same way"
-    mp = first(cb for cb in self.cbs if isinstance(cb, MixedPrecision))
-    if mp is None: return contextlib.nullcontext()
-    return torch.autocast(getattr(mp, 'device_type', 'cuda'), dtype=torch.bfloat16 if AMPMode(mp.amp_mode)==AMPMode.BF16 else torch.float16)
+class _Stages:
+    "A model's stages: found again when its parameters or buffers are other tensors, or when they no longer compute it"
+    def __init__(self): self.ids,self.stages,self.problem,self.version,self.tensors = None,[],None,0,{}
+    def check(self, model, x):
+        "Take `model` apart again unless it holds the same tensors and the stages still compute it on `x`"
+        ids = (id(model), *map(id, model.parameters()), *map(id, model.buffers()))
+        with torch.no_grad():  # in eval mode only, which leaves the buffers (and their version counters) untouched
+            if ids == self.ids and _equivalent(model, self.stages, x, modes=(False,)): return self
+        self.stages = sequential_stages(model, x)
+        self.ids,self.problem,self.version,self.tensors = ids,stage_problem(model, self.stages),self.version+1,{}
+        return self
+    def prefix_tensors(self, n) -> list[Tensor]:
+        "The parameters and buffers of the first `n` stages (listed once per prefix)"
+        if n not in self.tensors: self.tensors[n] = [t for s in self.stages[:n] for t in [*s.parameters(), *s.buffers()]]
+        return self.tensors[n]
 
-@patch
-def _key(self:FeatureCache, n):
-    prefix = nn.Sequential(*self.stages[:n])
-    ts = [*prefix.parameters(), *prefix.buffers()]
-    mp = first(cb for cb in self.cbs if isinstance(cb, MixedPrecision))
-    return (n, id(self.dls.train.dataset), id(self.dls.valid.dataset), self.dls.train.n,
-            getattr(mp, 'amp_mode', None), tuple((t.data_ptr(), t._version) for t in ts))
-
-# %% ../nbs/06_cache.ipynb #6aecc456
-@patch
-def _store(self:FeatureCache, shape, dtype, nbytes):
-    if nbytes <= self.max_memory: return torch.empty(shape, dtype=dtype), 'in memory'
-    self.tmp = tempfile.NamedTemporaryFile(prefix='finetune_nb_cache', suffix='.bin')
-    return torch.from_file(self.tmp.name, shared=True, size=math.prod(shape), dtype=dtype).view(shape), f'on disk ({self.tmp.name})'
-
-@patch
-def _build(self:FeatureCache, dl, n):
-    "Activations of the first `n` stages for every item of `dl`, in dataset order, and the targets"
-    prefix,xs,ys,i = nn.Sequential(*self.stages[:n]),None,[],0
-    with _rng_kept(), torch.no_grad(), self._autocast():
-        for b in dl.new(shuffle=False, drop_last=False):
-            f = prefix(*b[:self.dls.n_inp]).detach()
-            if xs is None:
-                shape = (dl.n, *f.shape[1:])
-                xs,where = self._store(shape, f.dtype, math.prod(shape)*f.element_size())
-            xs[i:i+len(f)] = f.to(xs.device); i += len(f)
-            ys.append(b[self.dls.n_inp:])
-    return xs, [torch.cat([y[k].cpu() for y in ys]) for k in range(len(ys[0]))], where
-
-# %% ../nbs/06_cache.ipynb #85a7f4a0
-@patch
-def _estimate(self:FeatureCache, n):
-    "Bytes of activations the first `n` stages give for the training and validation sets"
-    with _rng_kept(), torch.no_grad(), self._autocast():
-        b = self.dls.valid.new(shuffle=False, drop_last=False, bs=2).one_batch()
-        f = nn.Sequential(*self.stages[:n])(b[0])
-    return math.prod(f.shape[1:]) * f.element_size() * (self.dls.train.n + self.dls.valid.n)
-
-# %% ../nbs/06_cache.ipynb #9ed7aebb
-@patch
-def before_fit(self:FeatureCache):
-    self._unpatch(); self.active = False
-    mine = [cb for cb in self.learn.cbs if any(c.__name__ == 'FeatureCache' for c in type(cb).__mro__)]  # by name: a notebook may redefine the class
-    blockers = (["another FeatureCache is in charge"] if mine[-1] is not self
-                else cache_blockers(self.learn) if self.enabled else ["it is turned off"])
-    self.blocked = '; '.join(blockers) if blockers else None
-
-@patch
-def _off(self:FeatureCache, reason):
-    if self.key is not None: self.clear()  # what was cached no longer applies: drop it
-    self.reason,self.active = reason,False
-
+# %% ../nbs/06_cache.ipynb #480cd75b
 NO_PREFIX = "no frozen prefix: the first layer group trains, or its norm layers do (the 'frozen' BatchNorm policy fixes them)"
 
 def _group_of(learn):
     "Map each parameter to the index of its layer group"
     return {id(p):i for i,ps in enumerate(learn.splitter(learn.model)) for p in ps}
 
-@patch
-def _whole_groups(self:FeatureCache, n):
+def _whole_groups(learn, stages, n):
     "The largest `k <= n` such that the first `k` stages hold whole layer groups (at least one)"
-    g = _group_of(self.learn)
-    gs = [{g[id(p)] for p in s.parameters() if id(p) in g} for s in self.stages]
+    g = _group_of(learn)
+    gs = [{g[id(p)] for p in s.parameters() if id(p) in g} for s in stages]
     for k in range(n, 0, -1):
         before,after = set().union(*gs[:k]),set().union(*gs[k:])
         if before and not before & after: return k
     return 0
 
-@patch
-def before_train(self:FeatureCache):
-    self.active = False
-    if self.blocked: return self._off(self.blocked)
-    if 0 in self.learn.trainable_groups: return self._off(NO_PREFIX)  # nothing to cache: skip taking the model apart
-    n = self._whole_groups(frozen_stages(self._stages()))
-    if n == 0: return self._off(NO_PREFIX)
-    key = self._key(n)
-    if key != self.key:
-        self.clear()
-        nbytes = self._estimate(n)
-        if nbytes > self.max_memory + self.max_disk: return self._off(f"the activations would take {_human(nbytes)}")
-        if self.verbose:
-            print(f"FeatureCache: computing the frozen prefix ({n} of {len(self.stages)} stages) once for "
-                  f"{self.dls.train.n}+{self.dls.valid.n} items: {_human(nbytes)}")
-        self.train_c,self.valid_c = self._build(self.dls.train, n),self._build(self.dls.valid, n)
-        self.key,self.n,self.builds = key,n,self.builds+1
-    self.reason = f"caching {self.n} frozen stages {self.train_c[2]}"
-    self._patch()
-    self.learn.dl,self.active = CachedDL(self.dls.train, *self.train_c[:2]),True
+def _unsplit(s) -> str:
+    "Why `s`, a stage with children, was not taken apart"
+    if (own := _own_tensors(s)): return f"`{type(s).__name__}` uses {', '.join(f'`{o}`' for o in own)} of its own in its forward"
+    return f"the children of `{type(s).__name__}`, run in order, do not compute its forward"
 
-@patch
-def before_validate(self:FeatureCache):
-    if self.active and self.learn.dl is self.dls.valid:
-        self.learn.dl = CachedDL(self.dls.valid, *self.valid_c[:2])
+def frozen_prefix(learn:Learner, stages:list[nn.Module]) -> tuple:
+    "How many leading `stages` of `learn.model` to cache (whole frozen layer groups), and why none when that is 0"
+    if (n := _whole_groups(learn, stages, frozen_stages(stages))): return n, None
+    s = first(s for s in stages if any(p.requires_grad for p in s.parameters()))  # the first stage that trains
+    if s is not None and next(s.children(), None) is not None and not all(p.requires_grad for p in s.parameters()):
+        return 0, f"no frozen prefix: it would have to split a stage that trains in part, and {_unsplit(s)}"
+    return 0, NO_PREFIX
 
-@patch
-def after_fit(self:FeatureCache): self._unpatch(); self.active = False
+# %% ../nbs/06_cache.ipynb #6aecc456
+def _autocast(learn):
+    "The autocast context training runs the model in, to compute the prefix the same way"
+    mp = first(cb for cb in learn.cbs if isinstance(cb, MixedPrecision))
+    if mp is None: return contextlib.nullcontext()
+    return torch.autocast(getattr(mp, 'device_type', 'cuda'), dtype=torch.bfloat16 if AMPMode(mp.amp_mode)==AMPMode.BF16 else torch.float16)
+
+def _store(shape, dtype, on_disk:bool):
+    "An empty tensor in memory, or memory-mapped from a new temporary file (returned too)"
+    if not on_disk: return torch.empty(shape, dtype=dtype), None
+    f = tempfile.NamedTemporaryFile(prefix='finetune_nb_cache', suffix='.bin')
+    return torch.from_file(f.name, shared=True, size=math.prod(shape), dtype=dtype).view(shape), f
+
+def cache_activations(prefix:nn.Module, # The frozen stages
+                      dl:DataLoader, # The items, with their targets
+                      on_disk:bool=False, # Keep the activations in a temporary file instead of memory
+                      autocast=None): # The autocast context training runs in
+    "Activations of `prefix` for every item of `dl` in dataset order, the targets, and the file that holds them (or `None`)"
+    xs,ys,i,f = torch.empty(0),[],0,None
+    with _rng_kept(), torch.no_grad(), ifnone(autocast, contextlib.nullcontext()):
+        for b in dl.new(shuffle=False, drop_last=False):
+            a = prefix(b[0]).detach()
+            if not ys: xs,f = _store((dl.n, *a.shape[1:]), a.dtype, on_disk)
+            xs[i:i+len(a)] = a.to(xs.device); i += len(a)
+            ys.append(b[1:])
+    return xs, [torch.cat([y[k].cpu() for y in ys]) for k in range(len(ys[0]) if ys else 0)], f
+
+# %% ../nbs/06_cache.ipynb #73579988
+class _Activations:
+    "What the first stages compute for the training and validation sets, in memory or in temporary files"
+    def __init__(self, prefix, dls, on_disk:bool, autocast):
+        (*self.train,ft),(*self.valid,fv) = [cache_activations(prefix, dl, on_disk, autocast()) for dl in (dls.train, dls.valid)]
+        self.files = [f for f in (ft, fv) if f is not None]
+        self.where = f"on disk ({', '.join(f.name for f in self.files)})" if on_disk else 'in memory'
+    def close(self):
+        for f in self.files: f.close()
+
+def _nbytes(prefix, dls, autocast) -> int:
+    "Bytes the activations of `prefix` take for every item of `dls`"
+    with _rng_kept(), torch.no_grad(), autocast: a = prefix(_sample(dls))
+    return math.prod(a.shape[1:]) * a.element_size() * (dls.train.n + dls.valid.n)
 
 # %% ../nbs/06_cache.ipynb #99636e76
-@patch
-def _patch(self:FeatureCache):
-    model,suffix,shape = self.model,nn.Sequential(*self.stages[self.n:]),self.train_c[0].shape[1:]
-    orig = type(model).forward.__get__(model)
-    def forward(x, *args, **kwargs):
-        if self.feeding and isinstance(x, Tensor) and x.shape[1:] == shape: self.feeding = False; return suffix(x)
-        return orig(x, *args, **kwargs)
-    model.forward,self.patched = forward,model
+class _Shortcut:
+    "Shadow `model.forward` until removed: once armed, the next input shaped like the activations goes to `suffix` only"
+    def __init__(self, model:nn.Module, suffix:nn.Module, shape):
+        self.model,self.armed,orig = model,False,type(model).forward.__get__(model)
+        def forward(x, *args, **kwargs):
+            if self.armed and isinstance(x, Tensor) and x.shape[1:] == shape: self.armed = False; return suffix(x)
+            return orig(x, *args, **kwargs)
+        model.forward = forward
+    def remove(self): self.model.__dict__.pop('forward', None)
 
-@patch
-def before_batch(self:FeatureCache): self.feeding = isinstance(self.learn.dl, CachedDL)
+# %% ../nbs/06_cache.ipynb #9ed7aebb
+def _human(n): return next(f"{n/k:.1f} {u}" for k,u in ((2**30,'GiB'),(2**20,'MiB'),(2**10,'KiB'),(1,'B')) if n >= k or u == 'B')
 
-@patch
-def _unpatch(self:FeatureCache):
-    m = getattr(self, 'patched', None)
-    if m is not None: m.__dict__.pop('forward', None); self.patched = None
+class FeatureCache(LeftOut, Callback):
+    "Train on cached activations of the frozen prefix where that gives the same result as the normal path"
+    order = 50  # after `TrainEvalCallback` and `BnFreeze` set modes, before `ProgressCallback` reads `learn.dl`
+    def __init__(self, enabled:bool=True, # Turn caching on or off
+                 max_memory:int=2*2**30, # Keep at most this many bytes of activations in memory...
+                 max_disk:int=20*2**30, # ...and at most this many in a temporary file, else train normally
+                 verbose:bool=True): # Say what is cached and how big it is
+        store_attr(); self.split,self.cached,self.shortcut,self.builds,self.reason = _Stages(),None,None,0,"not used yet"
+        self.clear()
+    def clear(self):
+        "Forget every cached activation (a file on disk is deleted)"
+        if self.cached is not None: self.cached.close()
+        self.cached,self.key,self.n,self.active = None,None,0,False
+
+    def before_fit(self):
+        self.after_fit(); self.checked = False  # (`after_fit` also undoes what an interrupted fit left)
+        last = [cb for cb in self.learn.cbs if isinstance(cb, FeatureCache)][-1]
+        why = ("it is turned off" if not self.enabled else "another FeatureCache is in charge" if last is not self
+               else '; '.join(cache_blockers(self.learn)))
+        if why: self._off(why); self.run = False  # fastai skips this fit's other events
+    def before_train(self):
+        self.active = False
+        if 0 in self.learn.trainable_groups: return self._off(NO_PREFIX)  # nothing to cache: skip taking the model apart
+        if not self.checked: self.split.check(self.model, _sample(self.dls)); self.checked = True  # once per fit
+        if self.split.problem: return self._off(self.split.problem)
+        n,why = frozen_prefix(self.learn, self.split.stages)
+        if n == 0: return self._off(why)
+        if self._key(n) != self.key and not self._build(n): return
+        self.reason = f"caching {n} frozen stages {self.cached.where}"
+        if self.shortcut is not None: self.shortcut.remove()
+        self.shortcut = _Shortcut(self.model, nn.Sequential(*self.split.stages[n:]), self.cached.train[0].shape[1:])
+        self.learn.dl,self.active = CachedDL(self.dls.train, *self.cached.train),True
+    def before_validate(self):
+        if self.active and self.learn.dl is self.dls.valid: self.learn.dl = CachedDL(self.dls.valid, *self.cached.valid)
+    def before_batch(self):
+        if self.shortcut is not None: self.shortcut.armed = isinstance(self.learn.dl, CachedDL)
+    def after_fit(self):
+        if self.shortcut is not None: self.shortcut.remove(); self.shortcut = None
+        self.active = False
+
+    def _off(self, reason):
+        if self.key is not None: self.clear()  # what was cached no longer applies: drop it
+        self.reason,self.active = reason,False
+    def _key(self, n):
+        "What the cache of the first `n` stages depends on: their tensors and versions, the data, the precision"
+        mp = first(cb for cb in self.cbs if isinstance(cb, MixedPrecision))
+        return (n, self.split.version, id(self.dls.train.dataset), id(self.dls.valid.dataset), self.dls.train.n,
+                getattr(mp, 'amp_mode', None), tuple((t.data_ptr(), t._version) for t in self.split.prefix_tensors(n)))
+    def _build(self, n) -> bool:
+        self.clear(); prefix = nn.Sequential(*self.split.stages[:n])
+        nbytes = _nbytes(prefix, self.dls, _autocast(self.learn))
+        if nbytes > self.max_memory + self.max_disk: return self._off(f"the activations would take {_human(nbytes)}")
+        if self.verbose: print(f"FeatureCache: computing the frozen prefix ({n} of {len(self.split.stages)} stages) once for "
+                               f"{self.dls.train.n}+{self.dls.valid.n} items: {_human(nbytes)}")
+        self.cached = _Activations(prefix, self.dls, nbytes > self.max_memory, partial(_autocast, self.learn))
+        self.key,self.n,self.builds = self._key(n),n,self.builds+1
+        return True
 
 # %% ../nbs/06_cache.ipynb #b33d50e7
 @patch
