@@ -8,7 +8,7 @@ from fastai.basics import *
 from fastai.callback.training import BnFreeze
 
 # %% auto #0
-__all__ = ['bn_policies', 'group_name', 'layer_groups', 'check_groups', 'auto_splitter', 'groups_named', 'resolve_groups']
+__all__ = ['bn_policies', 'span_name', 'layer_groups', 'check_groups', 'auto_splitter', 'layer_group_names', 'resolve_groups']
 
 # %% ../nbs/02_groups.ipynb #2b63b248
 def _has_params(m:nn.Module): return next(m.parameters(), None) is not None
@@ -66,7 +66,7 @@ def _head_and_body(model:nn.Module):
     return _pnames(h, prefix+n+'.'), units
 
 # %% ../nbs/02_groups.ipynb #22ff7e7b
-def group_name(model:nn.Module, params) -> str:
+def span_name(model:nn.Module, params) -> str:
     "Short name of the modules of `model` spanned by `params`"
     ids,spans,done = set(map(id, params)),[],set()
     def walk(m, prefix):
@@ -171,9 +171,9 @@ def auto_splitter(model:nn.Module, # Any PyTorch model
     return groups
 
 # %% ../nbs/02_groups.ipynb #e7d81cfe
-def groups_named(model:nn.Module, n_groups:int|None=None, x=None) -> L:
+def layer_group_names(model:nn.Module, n_groups:int|None=None, x=None) -> L:
     "Names of the layer groups `auto_splitter` finds in `model` (given the sample input `x`, if any)"
-    return auto_splitter(model, n_groups, x).map(partial(group_name, model))
+    return auto_splitter(model, n_groups, x).map(partial(span_name, model))
 
 # %% ../nbs/02_groups.ipynb #538e39de
 @patch(as_prop=True)
@@ -187,7 +187,7 @@ def n_groups(self:Learner):
 def group_names(self:Learner) -> L:
     "Name of each parameter group: the modules it spans"
     if self.opt is None: self.create_opt()
-    return L(group_name(self.model, pg) for pg in self.opt.param_lists)
+    return L(span_name(self.model, pg) for pg in self.opt.param_lists)
 
 # %% ../nbs/02_groups.ipynb #a59548e3
 def _is_trainable(opt, i:int) -> bool:
