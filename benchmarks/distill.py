@@ -26,8 +26,7 @@ from fastai.vision.all import *
 from finetune_nb.data import digits_dls
 from finetune_nb.finetune import finetune_learner
 from finetune_nb.saving import save_finetuned, load_finetuned
-from finetune_nb.schedule import *
-from finetune_nb.finetune import *
+from finetune_nb.finetune import *  # Learner.fine_tune_progressive
 from finetune_nb.distill import DistillationCallback, small_cnn
 warnings.filterwarnings('ignore')
 
@@ -100,7 +99,7 @@ if __name__ == '__main__':
     p.add_argument('--lr', type=float, default=1e-2)
     p.add_argument('--teachers', default=None, help='folder to save the teachers in, or load them from')
     p.add_argument('--cache', type=int, default=1, help='look the teacher logits of training images up (1) or run the teacher on every batch (0)')
-    p.add_argument('--threads', type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument('--threads', type=int, default=1, help="torch CPU threads (default 1: the shared 2-core machine; 0 for torch's choice)")
     p.add_argument('--out', default='distill.csv')
     a = p.parse_args()
     if a.threads: torch.set_num_threads(a.threads)

@@ -5,6 +5,7 @@
 # %% ../nbs/13_distill.ipynb #2055132a
 from __future__ import annotations
 from fastai.basics import *
+from .leftout import LeftOut
 
 # %% auto #0
 __all__ = ['soft_target_loss', 'DistillationCallback', 'small_cnn']
@@ -20,8 +21,30 @@ def soft_target_loss(student_logits:Tensor, # Student's outputs, batch × classe
     s,t = [F.log_softmax(_full(z)/T, -1) for z in (student_logits, teacher_logits)]
     return F.kl_div(s, t, log_target=True, reduction='batchmean')*T*T
 
+# %% ../nbs/13_distill.ipynb #b8099d82
+def _teacher_logits(teacher:nn.Module, xb:tuple, teacher_input:Callable|None=None) -> Tensor:
+    "The teacher's logits for the batch inputs `xb` (mapped by `teacher_input` first), without gradients"
+    with torch.no_grad():
+        if teacher_input is not None:
+            xb = teacher_input(*xb)
+            if not isinstance(xb, tuple): xb = (xb,)
+        out = teacher(*xb)
+    if not isinstance(out, Tensor): raise TypeError(f"The teacher returned a {type(out).__name__}; it must return a tensor of logits")
+    return out
+
+def _check_logits(student:nn.Module, xb:tuple, t:Tensor):
+    "Raise, before any weight changes, if the teacher's logits `t` and the student's do not cover the same classes"
+    was_training,n = student.training,find_bs(xb)
+    try:
+        student.eval()
+        with torch.no_grad(): s = student(*[x[:2] for x in xb])
+    finally: student.train(was_training)
+    if t.ndim != 2 or t.shape[0] != n: raise ValueError(f"The teacher gives outputs of shape {tuple(t.shape)} for {n} items; it must give one row of class logits per item")
+    if t.shape[-1] != s.shape[-1]: raise ValueError(f"The teacher gives {t.shape[-1]} outputs per item but the student has {s.shape[-1]} classes; they must predict the same classes")
+
+
 # %% ../nbs/13_distill.ipynb #d466db5f
-class DistillationCallback(Callback):
+class DistillationCallback(LeftOut, Callback):
     "Train the student on a teacher's softened predictions as well as the labels (Hinton et al., 2015)"
     run_valid = False
     def __init__(self, teacher:Learner|nn.Module, # Trained teacher: a `Learner` or its model
@@ -41,50 +64,21 @@ class DistillationCallback(Callback):
         self.teacher.eval()
         self.checked = False
 
-# %% ../nbs/13_distill.ipynb #36dfa60c
-@patch
-def _teacher_logits(self:DistillationCallback, xb:tuple) -> Tensor:
-    "The teacher's logits for the batch inputs `xb`, without gradients"
-    with torch.no_grad():
-        if self.teacher_input is not None:
-            xb = self.teacher_input(*xb)
-            if not isinstance(xb, tuple): xb = (xb,)
-        out = self.teacher(*xb)
-    if not isinstance(out, Tensor): raise TypeError(f"The teacher returned a {type(out).__name__}; it must return a tensor of logits")
-    return out
+    def before_batch(self):
+        "Run the teacher on the training batch; on the first one, check it against the student first"
+        if self.checked and self.alpha == 0: return
+        self.t_pred = _teacher_logits(self.teacher, self.xb, self.teacher_input)
+        if not self.checked: _check_logits(self.learn.model, self.xb, self.t_pred); self.checked = True
 
-# %% ../nbs/13_distill.ipynb #fd53eaeb
-@patch
-def _check(self:DistillationCallback, t:Tensor):
-    "Stop, before any weight changes, if teacher and student do not give logits of the same classes"
-    m,n = self.learn.model,find_bs(self.xb)
-    was_training = m.training
-    try:
-        m.eval()
-        with torch.no_grad(): s = m(*[x[:2] for x in self.xb])
-    finally: m.train(was_training)
-    if t.ndim != 2 or t.shape[0] != n: raise ValueError(f"The teacher gives outputs of shape {tuple(t.shape)} for {n} items; it must give one row of class logits per item")
-    if t.shape[-1] != s.shape[-1]: raise ValueError(f"The teacher gives {t.shape[-1]} outputs per item but the student has {s.shape[-1]} classes; they must predict the same classes")
-    self.checked = True
+    def after_loss(self):
+        "Mix the soft term into `learn.loss_grad`, the loss fastai back-propagates"
+        if self.alpha == 0 or not len(self.yb): return
+        self.hard_loss = self.learn.loss_grad.detach()
+        soft = soft_target_loss(self.learn.pred, self.t_pred, self.T)
+        self.learn.loss_grad = self.alpha*soft + (1-self.alpha)*self.learn.loss_grad
+        self.learn.loss = self.learn.loss_grad.clone()
+        self.soft_loss = soft.detach()
 
-# %% ../nbs/13_distill.ipynb #834e8261
-@patch
-def before_batch(self:DistillationCallback):
-    "Run the teacher on the training batch; on the first one, check it against the student first"
-    if self.checked and self.alpha == 0: return
-    self.t_pred = self._teacher_logits(self.xb)
-    if not self.checked: self._check(self.t_pred)
-
-# %% ../nbs/13_distill.ipynb #bd294169
-@patch
-def after_loss(self:DistillationCallback):
-    "Mix the soft term into `learn.loss_grad`, the loss fastai back-propagates"
-    if self.alpha == 0 or not len(self.yb): return
-    self.hard_loss = self.learn.loss_grad.detach()
-    self.soft_loss = soft_target_loss(self.learn.pred, self.t_pred, self.T)
-    self.learn.loss_grad = self.alpha*self.soft_loss + (1-self.alpha)*self.learn.loss_grad
-    self.learn.loss = self.learn.loss_grad.clone()
-    self.soft_loss = self.soft_loss.detach()
 
 # %% ../nbs/13_distill.ipynb #fba6a3fa
 def small_cnn(n_out:int, # Number of classes
