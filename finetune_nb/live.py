@@ -4,7 +4,7 @@
 
 # %% ../nbs/12c_live.ipynb #c3c528c6
 from __future__ import annotations
-import threading, time, io, contextlib
+import threading, time, io, contextlib, inspect
 from collections import deque
 from fastai.basics import *
 from .leftout import LeftOut
@@ -15,7 +15,7 @@ from .charts import *
 from .device import *
 
 # %% auto #0
-__all__ = ['BoundedSeries', 'TrainingState', 'LivePanel', 'alert_html', 'LiveView']
+__all__ = ['BoundedSeries', 'TrainingState', 'stop_subshell', 'route_to_subshell', 'LivePanel', 'alert_html', 'LiveView']
 
 # %% ../nbs/12c_live.ipynb #8ba6b2ec
 class BoundedSeries:
@@ -32,7 +32,7 @@ class BoundedSeries:
 def _fmt_time(s): return '--:--' if s is None or not np.isfinite(s) else f"{int(s)//60:02d}:{int(s)%60:02d}"
 def _num(y) -> float: return float(y.item() if isinstance(y, Tensor) and y.numel()==1 else y)
 
-# %% ../nbs/12c_live.ipynb #193ce0a1
+# %% ../nbs/12c_live.ipynb #7ef68137
 class TrainingState:
     "What the live panel shows: progress, throughput, bounded series, phases, device"
     def __init__(self, max_points:int=400):
@@ -43,6 +43,7 @@ class TrainingState:
         self.step,self.epoch,self.n_epochs,self.batch,self.n_batches = 0,0,0,0,0
         self.samples,self.t_fit,self.speed,self.eta,self.device = 0,None,None,None,{}
         self.stop_requested,self.stopped,self.running,self.phase = False,False,False,''
+        self.t_stop = None  # when Stop was asked for (`time.time()`), to measure how soon the fit ended
         self.overfit,self.diverged = '',''  # the guards' messages: `learn.overfit` while flagged, `learn.diverged`
         self.epochs_before,self.total_epochs,self.frozen = 0,0,set()  # epochs of earlier phases, of the whole schedule
         self.rows = deque(maxlen=max_points)  # one dict per epoch: phase, epoch, losses, metrics
@@ -58,7 +59,69 @@ class TrainingState:
                 + (f" · loss {_num(self.loss.ys[-1]):.4f}" if len(self.loss) else '')
                 + (' · ⚠ overfitting' if self.overfit else '') + (' · ✖ diverged' if self.diverged else ''))
 
-# %% ../nbs/12c_live.ipynb #b5f67028
+# %% ../nbs/12c_live.ipynb #5394e4d1
+def _kernel():
+    "The running ipykernel kernel, or `None` (a script, terminal IPython, `nbdev_test`)"
+    try: from IPython import get_ipython
+    except ImportError: return None
+    return getattr(get_ipython(), 'kernel', None)
+
+def _ipykernel_version() -> str:
+    try: import ipykernel; return ipykernel.__version__
+    except Exception: return 'unknown'
+
+# %% ../nbs/12c_live.ipynb #cd5a2d3e
+_stop_subshells = {}  # id(kernel) -> the subshell that takes Stop clicks: one per kernel, made when first needed
+
+def stop_subshell(kernel=None, # A kernel (default: the running one)
+                  timeout:float=5.0) -> tuple: # Seconds to wait for the shell channel thread
+    "`(subshell_id, '')`: the kernel subshell that takes Stop clicks while a cell is busy; `(None, reason)` where there is none"
+    k = _kernel() if kernel is None else kernel
+    if k is None: return None, "not running in a Jupyter kernel"
+    if id(k) in _stop_subshells: return _stop_subshells[id(k)], ''
+    sct = getattr(k, 'shell_channel_thread', None)
+    if sct is None: return None, f"this kernel ({type(k).__name__}, ipykernel {_ipykernel_version()}) has no subshells"
+    if threading.current_thread() is sct: return None, "called on the kernel's shell channel thread"
+    try: mgr,loop = sct.manager,sct.io_loop; create = mgr._create_subshell
+    except Exception as e: return None, f"ipykernel {_ipykernel_version()} lacks the subshell manager finetune_nb uses ({e!r})"
+    done,box = threading.Event(),{}
+    def make():  # on the shell channel thread, where ipykernel creates its subshells
+        try: box['id'] = _stop_subshells[id(k)] = create()
+        except BaseException as e: box['error'] = e
+        finally: done.set()
+    try: loop.add_callback(make)
+    except Exception as e: return None, f"the shell channel thread's event loop refused the call ({e!r})"
+    if not done.wait(timeout): return None, f"the shell channel thread did not create a subshell within {timeout} s"
+    if 'error' in box: return None, f"ipykernel {_ipykernel_version()} could not create a subshell ({box['error']!r})"
+    return box['id'], ''
+
+# %% ../nbs/12c_live.ipynb #7447e1e3
+def _kernel_routes_comms(k) -> bool:
+    "Whether the kernel's shell channel asks a comm where its messages go (`_reply_subshell_for`, ipykernel 7.4)"
+    try: return '_reply_subshell_for' in inspect.getsource(type(k).shell_channel_thread_main)
+    except (AttributeError, TypeError, OSError): return False
+
+def route_to_subshell(comm, # A widget's comm, e.g. `button.comm`
+                      subshell_id:str, # From `stop_subshell`
+                      kernel=None) -> str: # A kernel (default: the running one)
+    "Have the kernel hand the frontend's messages on `comm` to `subshell_id`: '' when done, else the reason it cannot"
+    k = _kernel() if kernel is None else kernel
+    route = getattr(comm, '_reply_subshell_for', None)
+    if not callable(route) or not _kernel_routes_comms(k):
+        return f"ipykernel {_ipykernel_version()} does not route comm messages by `_reply_subshell_for`"
+    try: ps = list(inspect.signature(route).parameters)
+    except (TypeError, ValueError): ps = None
+    if ps != ['data', 'default']: return f"ipykernel {_ipykernel_version()}: `_reply_subshell_for` takes {ps}, not (data, default)"
+    try: alive = k.shell_channel_thread.manager.list_subshell
+    except Exception as e: return f"ipykernel {_ipykernel_version()} lacks the subshell manager finetune_nb uses ({e!r})"
+    def to_subshell(data, default):
+        "This comm's messages go to the Stop subshell while it exists, elsewhere as ipykernel decides"
+        try: return subshell_id if subshell_id in alive() else route(data, default)
+        except Exception: return default
+    comm._reply_subshell_for = to_subshell
+    return ''
+
+# %% ../nbs/12c_live.ipynb #443db08a
 class LivePanel(LeftOut, Callback):
     "Live charts, progress, device load and a Stop button for fastai training"
     order,run_valid = 70,True
@@ -72,97 +135,86 @@ class LivePanel(LeftOut, Callback):
         self.state = TrainingState(max_points)
         self.use_widgets = has_widget_frontend() if widgets is None else widgets
         self.monitor,self.view,self._thread,self._error = None,None,None,None
+        self.blocking = self.waiting = False  # the fit keeps the cell that runs busy: it runs there, or `wait` waits for it
         self._last_draw = self._last_text = 0.
     def request_stop(self):
-        "Ask the training to stop at the next batch"
-        self.state.stop_requested = True
+        "Ask the training to stop at the next batch (safe from any thread: it only sets a flag)"
+        self.state.t_stop,self.state.stop_requested = time.time(),True
 
-# %% ../nbs/12c_live.ipynb #9843e7ea
-@patch
-def before_fit(self:LivePanel):
-    st = self.state
-    st.n_epochs,st.epoch,st.running,st.stopped = self.n_epoch,0,True,False
-    st.n_batches = len(self.dls.train)
-    st.t_fit,st.samples,st.speed,st.eta = time.time(),0,None,None
-    st.group_names = list(self.learn.group_names)
-    st.frozen = set(range(self.learn.n_groups)) - set(self.learn.trainable_groups)
-    st.epochs_before,st.total_epochs = 0,self.n_epoch
-    ph,log = running_phase(self.learn),getattr(self.learn, 'ft_log', None)  # a schedule's phase, not one left from an earlier run
-    if ph is not None:
-        st.phase = log.schedule.phases[ph].name or f'phase {ph}'
-        st.phases.append((st.step, st.phase))
-        st.epochs_before,st.total_epochs = len(log.rows),len(log.rows) + sum(p.epochs for p in log.schedule.phases[ph:])
-    ov,self._diverged0 = getattr(self.learn, 'overfit', None),getattr(self.learn, 'diverged', None)
-    st.overfit,st.diverged = (ov.message if isinstance(ov, OverfitState) and ov.flag else ''),''  # the watch carries its state across phases
-    dev = next(self.learn.model.parameters()).device
-    if self.monitor is None: self.monitor = DeviceMonitor(dev)
-    self.monitor.start()
-    if self.use_widgets and self.view is None: self.view = LiveView(self); self.view.display()
-    self._draw(force=True)
+    def before_fit(self):
+        st = self.state
+        st.n_epochs,st.epoch,st.running,st.stopped = self.n_epoch,0,True,False
+        self.blocking = threading.current_thread() is threading.main_thread()  # where a kernel runs cells
+        st.n_batches = len(self.dls.train)
+        st.t_fit,st.samples,st.speed,st.eta = time.time(),0,None,None
+        st.group_names = list(self.learn.group_names)
+        st.frozen = set(range(self.learn.n_groups)) - set(self.learn.trainable_groups)
+        st.epochs_before,st.total_epochs = 0,self.n_epoch
+        ph,log = running_phase(self.learn),getattr(self.learn, 'ft_log', None)  # a schedule's phase, not one left from an earlier run
+        if ph is not None:
+            st.phase = log.schedule.phases[ph].name or f'phase {ph}'
+            st.phases.append((st.step, st.phase))
+            st.epochs_before,st.total_epochs = len(log.rows),len(log.rows) + sum(p.epochs for p in log.schedule.phases[ph:])
+        ov,self._diverged0 = getattr(self.learn, 'overfit', None),getattr(self.learn, 'diverged', None)
+        st.overfit,st.diverged = (ov.message if isinstance(ov, OverfitState) and ov.flag else ''),''  # the watch carries its state across phases
+        if self.monitor is None: self.monitor = DeviceMonitor(next(self.learn.model.parameters()).device)
+        self.monitor.start()
+        if self.use_widgets and self.view is None: self.view = LiveView(self); self.view.display()
+        self._draw(force=True)
 
-# %% ../nbs/12c_live.ipynb #544e6466
-@patch
-def before_batch(self:LivePanel):
-    if self.state.stop_requested and self.training:
-        self.state.stopped = True
-        self.learn.cancel_schedule = True
-        raise CancelFitException()
+    def before_batch(self):
+        if self.state.stop_requested and self.training:
+            self.state.stopped = True
+            self.learn.cancel_schedule = True
+            raise CancelFitException()
 
-# %% ../nbs/12c_live.ipynb #9af4619b
-@patch
-def after_backward(self:LivePanel):
-    if self.state.step % self.grad_every: return
-    norms = []
-    for pg in self.opt.param_lists:
-        gs = [p.grad for p in pg if p.grad is not None]
-        norms.append(torch.stack(torch._foreach_norm(gs)).norm() if gs else torch.zeros((), device=self.loss.device))
-    self.state.grads.add(self.state.step, torch.stack(norms).detach())
+    def after_backward(self):
+        if self.state.step % self.grad_every: return
+        norms = []
+        for pg in self.opt.param_lists:
+            gs = [p.grad for p in pg if p.grad is not None]
+            norms.append(torch.stack(torch._foreach_norm(gs)).norm() if gs else torch.zeros((), device=self.loss.device))
+        self.state.grads.add(self.state.step, torch.stack(norms).detach())
 
-# %% ../nbs/12c_live.ipynb #558252f2
-@patch
-def after_batch(self:LivePanel):
-    if not self.training: return
-    st = self.state
-    st.loss.add(st.step, self.learn.smooth_loss.detach() if isinstance(self.learn.smooth_loss, Tensor) else self.learn.smooth_loss)
-    st.lrs.add(st.step, [np.nan if i in st.frozen else h['lr'] for i,h in enumerate(self.opt.hypers)])  # frozen: no lr
-    st.step += 1; st.batch = self.iter+1
-    st.samples += find_bs(self.learn.yb)
-    el = time.time()-st.t_fit
-    st.speed = st.samples/el if el > 0 else None
-    done = self.epoch*st.n_batches + st.batch   # in this fit, at this fit's speed
-    st.eta = el/done*(st.total_batches-st.done_batches) if done else None
-    self._draw()
+    def after_batch(self):
+        if not self.training: return
+        st = self.state
+        st.loss.add(st.step, self.learn.smooth_loss.detach() if isinstance(self.learn.smooth_loss, Tensor) else self.learn.smooth_loss)
+        st.lrs.add(st.step, [np.nan if i in st.frozen else h['lr'] for i,h in enumerate(self.opt.hypers)])  # frozen: no lr
+        st.step += 1; st.batch = self.iter+1
+        st.samples += find_bs(self.learn.yb)
+        el = time.time()-st.t_fit
+        st.speed = st.samples/el if el > 0 else None
+        done = self.epoch*st.n_batches + st.batch   # in this fit, at this fit's speed
+        st.eta = el/done*(st.total_batches-st.done_batches) if done else None
+        self._draw()
 
-# %% ../nbs/12c_live.ipynb #74d4ce11
-@patch
-def after_epoch(self:LivePanel):
-    st,rec = self.state,self.learn.recorder
-    names,vals = rec.metric_names[1:-1],rec.log[1:-1]
-    st.rows.append(dict(phase=st.phase, epoch=st.epochs_before+self.epoch, **{n:(float(v) if v is not None else None) for n,v in zip(names, vals)}))
-    for n,v in zip(names, vals):
-        if n == 'train_loss' or v is None: continue
-        if n == 'valid_loss': st.valid.add(st.step, float(v))
-        else: st.metrics.setdefault(n, BoundedSeries(self.max_points)).add(st.step, float(v))
-    st.epoch = self.epoch+1 if self.epoch+1 < st.n_epochs else self.epoch
-    ov = getattr(self.learn, 'overfit', None)  # kept by `OverfitWatch`, which runs before the panel
-    msg = ov.message if isinstance(ov, OverfitState) and ov.flag else ''
-    if msg and not st.overfit and not self.use_widgets: print(f"⚠ {msg}", flush=True)  # once, when the flag goes up
-    st.overfit = msg
-    self._draw(force=True)
+    def after_epoch(self):
+        st,rec = self.state,self.learn.recorder
+        names,vals = rec.metric_names[1:-1],rec.log[1:-1]
+        st.rows.append(dict(phase=st.phase, epoch=st.epochs_before+self.epoch, **{n:(float(v) if v is not None else None) for n,v in zip(names, vals)}))
+        for n,v in zip(names, vals):
+            if n == 'train_loss' or v is None: continue
+            if n == 'valid_loss': st.valid.add(st.step, float(v))
+            else: st.metrics.setdefault(n, BoundedSeries(self.max_points)).add(st.step, float(v))
+        st.epoch = self.epoch+1 if self.epoch+1 < st.n_epochs else self.epoch
+        ov = getattr(self.learn, 'overfit', None)  # kept by `OverfitWatch`, which runs before the panel
+        msg = ov.message if isinstance(ov, OverfitState) and ov.flag else ''
+        if msg and not st.overfit and not self.use_widgets: print(f"⚠ {msg}", flush=True)  # once, when the flag goes up
+        st.overfit = msg
+        self._draw(force=True)
 
-# %% ../nbs/12c_live.ipynb #9ce8b071
-@patch
-def after_fit(self:LivePanel):
-    st = self.state
-    st.running = False
-    d = getattr(self.learn, 'diverged', None)
-    if d is not None and d is not self._diverged0: st.diverged = str(d)  # `DivergenceGuard` stopped this fit
-    if self.monitor is not None: self.monitor.stop()
-    self._draw(force=True)
-    if not self.use_widgets:
-        print(("Diverged: " if st.diverged else "Stopped: " if st.stopped else "Done: ") + st.progress_line(), flush=True)
-    png = self.png if self.png is not None else (None if self.use_widgets else 'live_panel.png')
-    if png and (st.stopped or st.diverged or not self._in_schedule()): self.save_png(png)  # once, at the end of a schedule
+    def after_fit(self):
+        st = self.state
+        st.running,self.blocking = False,False
+        d = getattr(self.learn, 'diverged', None)
+        if d is not None and d is not self._diverged0: st.diverged = str(d)  # `DivergenceGuard` stopped this fit
+        if self.monitor is not None: self.monitor.stop()
+        self._draw(force=True)
+        if not self.use_widgets:
+            print(("Diverged: " if st.diverged else "Stopped: " if st.stopped else "Done: ") + st.progress_line(), flush=True)
+        png = self.png if self.png is not None else (None if self.use_widgets else 'live_panel.png')
+        if png and (st.stopped or st.diverged or not self._in_schedule()): self.save_png(png)  # once, at the end of a schedule
 
 # %% ../nbs/12c_live.ipynb #8a4d5f4d
 @patch
@@ -214,7 +266,7 @@ def alert_html(st:TrainingState) -> str:
     return '<br>'.join(badge(k) + f"<span style='color:#d62728'>{html.escape(m).replace(chr(10), '<br>')}</span>"
                        for k,m in (('diverged', st.diverged), ('overfitting', st.overfit)) if m)
 
-# %% ../nbs/12c_live.ipynb #849ddc43
+# %% ../nbs/12c_live.ipynb #9101baac
 class LiveView:
     "The widgets of a `LivePanel`: progress, device, four charts and a Stop button"
     def __init__(self, panel:LivePanel):
@@ -225,12 +277,22 @@ class LiveView:
         self.alert = W.HTML(layout=W.Layout(display='none'))  # the guards' messages: overfitting, divergence
         self.charts = {k: W.HTML() for k in ('loss', 'metrics', 'lrs', 'grads')}
         self.stop = W.Button(description='Stop', button_style='danger', icon='stop')
-        self.stop.on_click(lambda _: self.panel.request_stop())
+        self.stop.on_click(lambda _: self.panel.request_stop())  # may run on the subshell's thread: it only sets a flag
+        sid,why = stop_subshell()
+        self.stop_blocked = why or route_to_subshell(self.stop.comm, sid)
         self.widget = W.VBox([W.HBox([self.stop, self.progress, self.status]), self.alert, self.device,
                               W.HBox([self.charts['loss'], self.charts['metrics']]), W.HBox([self.charts['lrs'], self.charts['grads']]), self.table])
     def display(self):
         from IPython.display import display
         display(self.widget)
+    def sync_stop(self):
+        "Enable Stop while the fit runs and a click can reach it; otherwise disable it, saying why"
+        p,st = self.panel,self.panel.state
+        cant = bool(self.stop_blocked) and st.running and (p.blocking or p.waiting)
+        self.stop.disabled = not st.running or cant
+        self.stop.description = 'Stop unavailable' if cant else 'Stop'
+        self.stop.tooltip = (f"Stop cannot reach this busy cell ({self.stop_blocked}): interrupt the kernel instead, "
+                             "or run the fit with panel.start(...)") if cant else 'Stop the training at the next batch'
     def update(self):
         st = self.panel.state
         with self.widget.hold_sync():
@@ -243,7 +305,7 @@ class LiveView:
             self.device.value = f"<small>{device_line(st.device)}</small>"
             for k,v in st.charts().items(): self.charts[k].value = v
             self.table.value = st.table_html()
-            self.stop.disabled = not st.running
+            self.sync_stop()
 
 # %% ../nbs/12c_live.ipynb #8a5837ff
 @patch
@@ -266,11 +328,11 @@ def save_png(self:LivePanel, path:str|Path) -> Path:
     fig.tight_layout(); fig.savefig(path, dpi=90); plt.close(fig)
     return path
 
-# %% ../nbs/12c_live.ipynb #2fd5c5f6
+# %% ../nbs/12c_live.ipynb #ec7b5c2e
 @patch
 def start(self:LivePanel, fit, # A fit method, e.g. `learn.fine_tune_progressive` or `learn.fit_one_cycle`
           *args, **kwargs):
-    "Run `fit(*args, cbs=[..., self], **kwargs)` in a worker thread and return at once; Stop then works in Jupyter"
+    "Run `fit(*args, cbs=[..., self], **kwargs)` in a worker thread and return at once; the cell is free meanwhile"
     if self._thread is not None and self._thread.is_alive(): raise RuntimeError("This panel is already running a fit")
     kwargs['cbs'] = L(kwargs.get('cbs')) + [self]
     self.state.stop_requested,self._error = False,None
@@ -286,11 +348,16 @@ def start(self:LivePanel, fit, # A fit method, e.g. `learn.fine_tune_progressive
     self._thread.start()
     return self
 
-# %% ../nbs/12c_live.ipynb #a9694bab
+# %% ../nbs/12c_live.ipynb #74bfefd1
 @patch
 def wait(self:LivePanel, timeout:float|None=None):
     "Block until the background fit ends; re-raise its error"
     if self._thread is None: return None
-    self._thread.join(timeout)
+    self.waiting = True   # the cell is busy: where no subshell takes the click, the button says so
+    if self.view is not None: self.view.sync_stop()
+    try: self._thread.join(timeout)
+    finally:
+        self.waiting = False
+        if self.view is not None: self.view.sync_stop()
     if self._error is not None: raise self._error
     return getattr(self, 'result', None)
