@@ -4,41 +4,26 @@
 
 # %% ../nbs/08_checkpoints.ipynb #53fa3d22
 from __future__ import annotations
-import json, pickle, random, time, warnings, os, tempfile, psutil
+import json, pickle, random, time, warnings, os, psutil
 from fastai.basics import *
-from .groups import *
 from fastai.callback.tracker import TrackerCallback
+from fastcore.xtras import atomic_save
+from .groups import *
+from .leftout import LeftOut
 from .saving import *
 from .schedule import *
 
 # %% auto #0
 __all__ = ['atomic_write_text', 'CheckpointError', 'read_checkpoint', 'bare_model', 'check_fits', 'load_weights',
-           'weights_finite', 'rng_state', 'set_rng_state', 'default_ckpt_dir', 'claim_ckpt_dir', 'CheckpointDir',
-           'recorded_names', 'RunCheckpoints', 'PhaseCheckpoints', 'RestoreBest']
+           'weights_finite', 'nonfinite', 'rng_state', 'set_rng_state', 'default_ckpt_dir', 'claim_ckpt_dir', 'better',
+           'CheckpointDir', 'recorded_names', 'RunCheckpoints', 'PhaseCheckpoints', 'RestoreBest']
 
 # %% ../nbs/08_checkpoints.ipynb #b52be062
 def atomic_write_text(text:str, path:str|Path) -> Path:
-    "Write `text` to `path` through a temporary file and a rename, so `path` is never half written"
+    "Write `text` to `path` through fastcore's `atomic_save` (a temporary file, then a rename), so `path` is never half written"
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd,tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w') as f: f.write(text); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
+    with atomic_save(path, mode='w') as f: f.write(text)
     return path
-
-# %% ../nbs/08_checkpoints.ipynb #771935ae
-def _plain(o):
-    "`o` with NumPy values and tensor subclasses turned into Python numbers and plain tensors, which `weights_only` loading reads"
-    if isinstance(o, torch.Tensor): return o if type(o) is torch.Tensor else o.as_subclass(torch.Tensor)  # e.g. fastai's `TensorBase`
-    if isinstance(o, np.generic): return o.item()
-    if isinstance(o, np.ndarray): return torch.from_numpy(o)
-    if isinstance(o, dict): return {k:_plain(v) for k,v in o.items()}
-    if isinstance(o, tuple): return tuple(_plain(v) for v in o)
-    if isinstance(o, (list, L)): return [_plain(v) for v in o]
-    return o
 
 # %% ../nbs/08_checkpoints.ipynb #740980d2
 class CheckpointError(ValueError):
@@ -88,6 +73,10 @@ def weights_finite(sd:dict) -> bool:
     "Whether every floating-point tensor of the state dict `sd` is free of NaN and inf"
     return all(bool(torch.isfinite(v).all()) for v in sd.values() if torch.is_floating_point(v))
 
+def nonfinite(sd:dict) -> list:
+    "Names of the floating-point tensors of the state dict `sd` that hold a NaN or an inf"
+    return [k for k,v in sd.items() if torch.is_floating_point(v) and not bool(torch.isfinite(v).all())]
+
 # %% ../nbs/08_checkpoints.ipynb #d18f9e9b
 def rng_state(dls:DataLoaders|None=None) -> dict:
     "The states of Python's, NumPy's and PyTorch's (CPU and CUDA) generators, and of the shuffles of `dls`"
@@ -114,12 +103,13 @@ def default_ckpt_dir(learn:Learner) -> Path:
     return Path(learn.path)/learn.model_dir/'finetune'
 
 # %% ../nbs/08_checkpoints.ipynb #0bcc29cf
-def claim_ckpt_dir(path:str|Path) -> Path:
-    "`path`, unless another running process owns it: then `path-<pid>` of this process, with a warning"
+def claim_ckpt_dir(path:str|Path, resume:bool=False) -> Path:
+    "`path`, unless another running process owns it: then `path-<pid>` of this process, with a warning (or, to `resume`, an error)"
     path = Path(path)
     try: pid = int((path/'owner.pid').read_text())
     except (OSError, ValueError): pid = None
     if pid is not None and pid != os.getpid() and psutil.pid_exists(pid):
+        if resume: raise RuntimeError(f"{path} is in use by process {pid}: its run cannot be resumed while that process runs")
         alt = path.with_name(f'{path.name}-{os.getpid()}')
         warnings.warn(f"{path} is in use by process {pid}, so this run keeps its checkpoints in {alt}")
         path = alt
@@ -128,10 +118,19 @@ def claim_ckpt_dir(path:str|Path) -> Path:
     return path
 
 # %% ../nbs/08_checkpoints.ipynb #c9820205
-def _comp(monitor:str):
-    "Is a value of `monitor` better than another: lower for losses and errors, else higher (as fastai's trackers)"
-    return np.less if 'loss' in monitor or 'error' in monitor else np.greater
+def better(monitor:str):
+    "fastai's rule for whether a value of `monitor` beats another: `TrackerCallback`'s `comp` (`np.less` for losses and errors, else `np.greater`)"
+    return TrackerCallback(monitor=monitor).comp
 
+# %% ../nbs/08_checkpoints.ipynb #af568e66
+def _inside(folder:Path, name) -> bool:
+    "Whether `name`, read from a file, is a relative path that resolves to a file inside `folder`"
+    if not isinstance(name, str) or not name or Path(name).is_absolute(): return False
+    root = Path(folder).resolve()
+    p = (root/name).resolve()
+    return p != root and p.is_relative_to(root)
+
+# %% ../nbs/08_checkpoints.ipynb #f6687600
 class CheckpointDir:
     "A folder of checkpoints and `manifest.json`, the index of what it holds"
     def __init__(self, path:str|Path): # The folder; created by the first save
@@ -144,16 +143,22 @@ class CheckpointDir:
 # %% ../nbs/08_checkpoints.ipynb #6b1af103
 @patch
 def _read(self:CheckpointDir):
-    "The run's settings and the entries: from the manifest, or from the files if it is missing or unreadable"
+    "The run's settings and the entries: from the manifest, or from the files if it is missing or unreadable; every file checked to be inside the folder"
     try:
         d = json.loads(self.manifest.read_text())
-        return d['info'], d['checkpoints']
-    except (OSError, ValueError, KeyError, TypeError): pass
-    info,entries = {},{}
-    for f in sorted(self.path.glob('*.pth')):
-        try: d = torch.load(f, map_location='cpu', weights_only=True)
-        except Exception: continue
-        if isinstance(d, dict) and isinstance(d.get('meta'), dict): entries[f.stem],info = d['meta'],d.get('info', info)
+        info,entries,src = d['info'],d['checkpoints'],{}
+    except (OSError, ValueError, KeyError, TypeError):
+        info,entries,src = {},{},{}
+        for f in sorted(self.path.glob('*.pth')):
+            try: d = torch.load(f, map_location='cpu', weights_only=True)
+            except Exception: continue
+            if isinstance(d, dict) and isinstance(d.get('meta'), dict): entries[f.stem],info,src[f.stem] = d['meta'],d.get('info', info),f
+    if not isinstance(info, dict) or not isinstance(entries, dict) or not all(isinstance(e, dict) for e in entries.values()):
+        raise CheckpointError(f"{self.manifest} is not a checkpoint index: use another ckpt_dir, or delete the folder if it is yours")
+    for k,e in entries.items():
+        if not _inside(self.path, e.get('file')):
+            raise CheckpointError(f"{src.get(k, self.manifest)} names the file {e.get('file')!r} for checkpoint {k!r}, which is not inside {self.path}: "
+                                  "the folder is refused and nothing in it is deleted or read; use another ckpt_dir")
     return info, entries
 
 # %% ../nbs/08_checkpoints.ipynb #64ba97aa
@@ -163,7 +168,7 @@ def save(self:CheckpointDir, key:str, meta:dict, # Its entry in the manifest
          **data) -> Path:
     "Write checkpoint `key` (its `meta` entry and `data`) atomically, then the manifest"
     meta = dict(meta, file=f'{key}.pth', saved=time.time())
-    p = atomic_save(dict(meta=meta, info=self.info, **data), self.path/meta['file'])
+    p = torch_save_atomic(dict(meta=meta, info=self.info, **data), self.path/meta['file'])
     self.entries[key] = meta
     if index: atomic_write_text(json.dumps(dict(info=self.info, checkpoints=self.entries), indent=1), self.manifest)
     return p
@@ -175,6 +180,11 @@ def clear(self:CheckpointDir):
     for e in self.entries.values(): (self.path/e['file']).unlink(missing_ok=True)
     self.manifest.unlink(missing_ok=True)
     self.entries = {}
+
+@patch
+def drop_temporary(self:CheckpointDir):
+    "Delete the temporary files of writes that a killed process left half done (fastcore's `atomic_save` names them `tmp*tmp`)"
+    for f in self.path.glob('tmp*tmp'): f.unlink(missing_ok=True)
 
 # %% ../nbs/08_checkpoints.ipynb #b5aaa427
 @patch
@@ -206,10 +216,14 @@ def resolve(self:CheckpointDir, which:int|str='best', # 'start', 'best', 'last',
             return 'resume'
         mon = self.info.get('monitor', 'valid_loss')
         bests = [(e['value'], e['phase'], k) for k,e in self.entries.items() if k.endswith('_best') and np.isfinite(e['value'])]
+        if not bests and (res or {}).get('nonfinite'):
+            raise ValueError(f"No best checkpoint in {self.path}: the epochs with a finite {mon} left NaN or inf in the weights "
+                             f"({_few(res['nonfinite'])}), so none was kept; 'start' holds the weights from before the run")
+        if not bests and res is None: raise ValueError(f"No epoch was kept in {self.path} (the run stopped in its first epoch): 'start' holds the weights from before the run")
         if not bests: raise ValueError(f"No epoch had a finite {mon}, so there is no best checkpoint; 'start' and 'last' exist")
-        best = bests[0]
+        best,comp = bests[0],better(mon)
         for b in bests[1:]:
-            if _comp(mon)(b[0], best[0]) or (b[0] == best[0] and b[1] < best[1]): best = b
+            if comp(b[0], best[0]) or (b[0] == best[0] and b[1] < best[1]): best = b
         return best[2]
     i,kind = self._phase(which),ifnone(kind, 'last')
     if kind not in ('best', 'last'): raise ValueError(f"Unknown kind {kind!r}: a phase has a 'best' and a 'last' checkpoint")
@@ -244,11 +258,12 @@ class RunCheckpoints:
                  path:str|Path|None=None, # Checkpoint folder (default `default_ckpt_dir(learn)`)
                  resume:bool=False): # Continue the run saved in `path`, if there is one
         self.learn,self.schedule,self.monitor = learn,schedule,schedule.monitor
-        self.dir = CheckpointDir(path if path is not None else claim_ckpt_dir(default_ckpt_dir(learn)) if rank_distrib()==0 else default_ckpt_dir(learn))
-        self.comp,self.writer = _comp(self.monitor),rank_distrib()==0
-        self.first,self.state = 0,None  # the first phase to run, and the state to continue it from
+        self.comp,self.writer = better(self.monitor),rank_distrib()==0
+        self.first,self.state,self.nonfinite = 0,None,[]  # the first phase to run, the state to continue it from, tensors seen non-finite
         if self.monitor not in recorded_names(learn):
             raise ValueError(f"The schedule monitors {self.monitor!r}, which this learner does not record: it records {', '.join(recorded_names(learn))}")
+        path = Path(ifnone(path, default_ckpt_dir(learn)))
+        self.dir = CheckpointDir(claim_ckpt_dir(path, resume) if self.writer else path)
         learn.ckpt_dir = self.dir.path
         st = self._read_resume() if resume else None
         if st is None: self._start(resume)
@@ -257,6 +272,11 @@ class RunCheckpoints:
         "Training time phase `i` had already had before an interruption"
         return self.state['elapsed'] if self.state is not None and i == self.first else 0.
     def callback(self, i:int): return PhaseCheckpoints(self, i, self.state if i == self.first else None)
+    def note_nonfinite(self, names:list, epoch:int):
+        "Say (once per tensor) that the weights after `epoch` hold NaN or inf in `names`, so it cannot be the best"
+        new = [o for o in names if o not in self.nonfinite]
+        if new: warnings.warn(f"Epoch {epoch}: {self.monitor} is finite but the weights hold NaN or inf ({_few(names)}), so it is not kept as the best")
+        self.nonfinite += new
 
 # %% ../nbs/08_checkpoints.ipynb #6b72dd2d
 @patch
@@ -268,7 +288,7 @@ def _start(self:RunCheckpoints, resume:bool=False):
     elif old is not None and not old.get('finished'):
         warnings.warn(f"{d.path} held an unfinished run (stopped in phase {old['phase']}); starting a new one there. "
                       "Pass `resume=True` to continue a run instead.")
-    d.clear()
+    d.clear(); d.drop_temporary()  # the folder is ours (`claim_ckpt_dir`): no other process is writing there
     d.info = dict(monitor=self.monitor, schedule=self.schedule.to_dict())
     d.save('start', dict(kind='start', phase=None, name='', epoch=None, value=None), model=bare_model(self.learn.model).state_dict())
 
@@ -276,10 +296,10 @@ def _start(self:RunCheckpoints, resume:bool=False):
 def _recorder_state(learn:Learner) -> dict:
     "What `learn`'s recorders have accumulated in the current fit"
     r,gr = learn.recorder,getattr(learn, 'group_recorder', None)
-    return _plain(dict(values=[list(v) for v in r.values], losses=torch.stack(r.losses) if r.losses else torch.zeros(0),
-                       lrs=torch.tensor(r.lrs, dtype=torch.float64), iters=list(r.iters), smooth=[r.smooth_loss.count, r.smooth_loss.val],
-                       train_iter=learn.train_iter, group_hist=torch.tensor(gr.hist, dtype=torch.float64) if gr is not None else None,
-                       scaler=learn.scaler.state_dict() if getattr(learn, 'scaler', None) is not None else None))
+    return dict(values=[list(v) for v in r.values], losses=torch.stack(r.losses) if r.losses else torch.zeros(0),
+                lrs=torch.tensor(r.lrs, dtype=torch.float64), iters=list(r.iters), smooth=[r.smooth_loss.count, r.smooth_loss.val],
+                train_iter=learn.train_iter, group_hist=torch.tensor(gr.hist, dtype=torch.float64) if gr is not None else None,
+                scaler=learn.scaler.state_dict() if getattr(learn, 'scaler', None) is not None else None)
 
 # %% ../nbs/08_checkpoints.ipynb #e173d85b
 @patch
@@ -293,10 +313,10 @@ def save_resume(self:RunCheckpoints, phase:int, # The phase under way (or just f
     l,log = self.learn,self.learn.ft_log
     n = len(self.schedule.phases)
     meta = dict(kind='last', phase=phase, name=self.schedule.phases[phase].name, epoch=len(log.rows)-1 if done else len(log.rows)+epochs_done-1,
-                value=value, epochs_done=epochs_done, done=done, finished=done and phase == n-1)
-    self.dir.save('resume', meta, model=bare_model(l.model).state_dict(), opt=_plain(l.opt.state_dict()),
+                value=value, epochs_done=epochs_done, done=done, finished=done and phase == n-1, nonfinite=list(self.nonfinite))
+    self.dir.save('resume', meta, model=bare_model(l.model).state_dict(), opt=l.opt.state_dict(),
                   trainable=list(l.trainable_groups), rng=rng_state(l.dls), metric_names=recorded_names(l),
-                  log=dict(rows=_plain(log.rows), losses=torch.tensor(log.losses, dtype=torch.float64),
+                  log=dict(rows=log.rows, losses=torch.tensor(log.losses, dtype=torch.float64),
                            lrs=torch.tensor(log.lrs, dtype=torch.float64), starts=list(log.starts)), **extra)
 
 # %% ../nbs/08_checkpoints.ipynb #e6bca0c6
@@ -339,8 +359,7 @@ def _read_resume(self:RunCheckpoints) -> dict|None:
 def _resume(self:RunCheckpoints, st:dict):
     "Put `learn` and its `ft_log` back in the saved state"
     l,log,meta = self.learn,self.learn.ft_log,st['meta']
-    if self.writer:  # a save killed mid-write leaves its temporary file behind (a new run does not delete them: another may be writing)
-        for f in [*self.dir.path.glob('*.pth*.tmp'), *self.dir.path.glob('manifest.json*.tmp')]: f.unlink(missing_ok=True)
+    if self.writer: self.dir.drop_temporary()  # a save killed mid-write leaves its temporary file behind; the folder is ours
     load_weights(l, st)
     l.set_trainable(st['trainable'])
     dev = next(l.model.parameters()).device
@@ -348,14 +367,16 @@ def _resume(self:RunCheckpoints, st:dict):
     if isinstance(l.opt.state, dict) and not isinstance(l.opt.state, defaultdict): l.opt.state = defaultdict(dict, l.opt.state)
     lg = st['log']
     log.rows,log.losses,log.lrs,log.starts = list(lg['rows']),lg['losses'].tolist(),lg['lrs'].tolist(),list(lg['starts'])
+    self.nonfinite = list(meta.get('nonfinite', []))
     if meta['done']: self.first = meta['phase']+1; set_rng_state(st['rng'], l.dls)
     else: self.first,self.state = meta['phase'],st
 
 # %% ../nbs/08_checkpoints.ipynb #eae93636
-class PhaseCheckpoints(Callback):
-    "Save phase `phase`'s best weights and the resume state after every epoch; when resuming, replay the epochs already done"
+class PhaseCheckpoints(LeftOut, Callback):
+    "Save phase `phase`'s best weights and the resume state after every epoch, replay the epochs already done when resuming, hand on the best with `restore_best`"
     order = 55  # after `Recorder` (50), before the trackers (60)
     def __init__(self, ck:RunCheckpoints, phase:int, state:dict|None=None): store_attr()
+
     def before_fit(self):
         st = self.state
         self.idx = list(self.recorder.metric_names[1:]).index(self.ck.monitor)  # `RunCheckpoints` checked it is there
@@ -365,48 +386,40 @@ class PhaseCheckpoints(Callback):
         self.learn.replaying = False
         self.t_fit = time.time() - (st['elapsed'] if st is not None else 0.)
 
-# %% ../nbs/08_checkpoints.ipynb #68aa8bfc
-@patch
-def before_epoch(self:PhaseCheckpoints):
-    if self.epoch < self.n_done:  # done before the interruption: give the recorder its values, skip the training
-        self.learn.replaying = True
-        self.recorder.log += list(self.state['recorder']['values'][self.epoch])
-        raise CancelEpochException()
-    if self.in_replay: self._end_replay()
+    def before_epoch(self):
+        if self.epoch < self.n_done:  # done before the interruption: give the recorder its values, skip the training
+            self.learn.replaying = True
+            self.recorder.log += list(self.state['recorder']['values'][self.epoch])
+            raise CancelEpochException()
+        if self.in_replay: self._end_replay()
 
-# %% ../nbs/08_checkpoints.ipynb #4e294455
-@patch
-def after_epoch(self:PhaseCheckpoints):
-    if self.epoch < self.n_done: return
-    val,epoch = float(self.recorder.values[-1][self.idx]),len(self.learn.ft_log.rows)+self.epoch
-    if np.isfinite(val) and (self.best is None or self.ck.comp(val, self.best[0])) and weights_finite(bare_model(self.model).state_dict()):
-        self.best = (val, epoch)
-        self.ck.save_best(self.phase, val, epoch)
-    self.ck.save_resume(self.phase, self.epoch+1, value=val, best=self.best, elapsed=time.time()-self.t_fit, recorder=_recorder_state(self.learn))
+    def after_epoch(self):
+        if self.epoch < self.n_done: return
+        val,epoch = float(self.recorder.values[-1][self.idx]),len(self.learn.ft_log.rows)+self.epoch
+        if np.isfinite(val) and (self.best is None or self.ck.comp(val, self.best[0])):
+            bad = nonfinite(bare_model(self.model).state_dict())
+            if bad: self.ck.note_nonfinite(bad, epoch)
+            else: self.best = (val, epoch); self.ck.save_best(self.phase, val, epoch)
+        self.ck.save_resume(self.phase, self.epoch+1, value=val, best=self.best, elapsed=time.time()-self.t_fit, recorder=_recorder_state(self.learn))
 
-# %% ../nbs/08_checkpoints.ipynb #3414d587
-@patch
-def after_fit(self:PhaseCheckpoints):
-    if self.in_replay: self._end_replay()  # every epoch had been done (or the plateau trigger ended the replay)
+    def after_fit(self):
+        if self.in_replay: self._end_replay()  # every epoch had been done (or the plateau trigger ended the replay)
+        if self.ck.schedule.restore_best and self.best is not None and self.ck.writer:  # hand on the phase's best weights
+            f = self.ck.dir.path/f'phase{self.phase}_best.pth'
+            load_weights(self.learn, read_checkpoint(f), f"The best checkpoint of phase {self.phase} ({f})")
 
-# %% ../nbs/08_checkpoints.ipynb #85d0028f
-@patch
-def _end_replay(self:PhaseCheckpoints):
-    "Give the recorders, `RestoreBest` and the random generators the state they had when the run was saved"
-    st,l,r = self.state,self.learn,self.recorder
-    rec,dev = st['recorder'],next(self.model.parameters()).device
-    r.values,r.lrs,r.iters = [L(v) for v in rec['values']],rec['lrs'].tolist(),list(rec['iters'])
-    r.losses = list(rec['losses'].unbind()) if len(rec['losses']) else []
-    r.smooth_loss.count,r.smooth_loss.val = rec['smooth'][0],rec['smooth'][1]
-    l.train_iter = rec['train_iter']
-    if rec['group_hist'] is not None and hasattr(l, 'group_recorder'): l.group_recorder.hist = rec['group_hist'].tolist()
-    if rec['scaler'] is not None and getattr(l, 'scaler', None) is not None: l.scaler.load_state_dict(rec['scaler'])
-    rbs = [cb for cb in l.cbs if isinstance(cb, RestoreBest)]
-    if rbs and self.best is not None:  # the phase's best weights, which the replay could not give it
-        sd = to_device(read_checkpoint(self.ck.dir.path/f'phase{self.phase}_best.pth')['model'], dev)
-        for cb in rbs: cb.best_state = sd
-    set_rng_state(st['rng'], l.dls)
-    self.in_replay = l.replaying = False
+    def _end_replay(self):
+        "Give the recorders and the random generators the state they had when the run was saved"
+        st,l,r = self.state,self.learn,self.recorder
+        rec = st['recorder']
+        r.values,r.lrs,r.iters = [L(v) for v in rec['values']],rec['lrs'].tolist(),list(rec['iters'])
+        r.losses = list(rec['losses'].unbind()) if len(rec['losses']) else []
+        r.smooth_loss.count,r.smooth_loss.val = rec['smooth'][0],rec['smooth'][1]
+        l.train_iter = rec['train_iter']
+        if rec['group_hist'] is not None and hasattr(l, 'group_recorder'): l.group_recorder.hist = rec['group_hist'].tolist()
+        if rec['scaler'] is not None and getattr(l, 'scaler', None) is not None: l.scaler.load_state_dict(rec['scaler'])
+        set_rng_state(st['rng'], l.dls)
+        self.in_replay = l.replaying = False
 
 # %% ../nbs/08_checkpoints.ipynb #90c9f998
 @patch
@@ -416,8 +429,11 @@ def restore(self:Learner, which:int|str='best', # 'start', 'best', 'last', or a 
     "Load checkpoint `which` of a run into the model, and return its entry (phase, epoch, monitored value)"
     d = CheckpointDir(ckpt_dir or getattr(self, 'ckpt_dir', None) or default_ckpt_dir(self))
     key = d.resolve(which, kind)
-    ck = read_checkpoint(d.path/d.entries[key]['file'])
-    load_weights(self, ck, f"Checkpoint {key!r} ({d.path/d.entries[key]['file']})")
+    f = d.path/d.entries[key]['file']
+    ck = read_checkpoint(f)
+    bad = nonfinite(ck['model'])
+    if bad: raise CheckpointError(f"Checkpoint {key!r} ({f}) holds NaN or inf in {_few(bad)}, so it was not loaded")
+    load_weights(self, ck, f"Checkpoint {key!r} ({f})")
     return ck['meta']
 
 # %% ../nbs/08_checkpoints.ipynb #e0e1b394
@@ -427,8 +443,8 @@ def checkpoints(self:Learner, ckpt_dir:str|Path|None=None) -> pd.DataFrame:
     return CheckpointDir(ckpt_dir or getattr(self, 'ckpt_dir', None) or default_ckpt_dir(self)).table()
 
 # %% ../nbs/08_checkpoints.ipynb #09120216
-class RestoreBest(TrackerCallback):
-    "Keep the best weights of a fit in memory and load them back at its end"
+class RestoreBest(LeftOut, TrackerCallback):
+    "Keep the best weights of a fit in memory and load them back at its end (a run without checkpoints)"
     order = TrackerCallback.order+1
     def before_fit(self): super().before_fit(); self.best_state = None
     def after_epoch(self):
@@ -436,3 +452,4 @@ class RestoreBest(TrackerCallback):
         if self.new_best: self.best_state = {k:v.detach().clone() for k,v in self.learn.model.state_dict().items()}
     def after_fit(self):
         if self.best_state is not None: self.learn.model.load_state_dict(self.best_state)
+        super().after_fit()

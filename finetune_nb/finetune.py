@@ -4,13 +4,14 @@
 
 # %% ../nbs/10_finetune.ipynb #7e45b1fc
 from __future__ import annotations
-import time
+import time, warnings
 from fastai.vision.all import *
 from fastai.callback.tracker import EarlyStoppingCallback
 from .models import *
 from .groups import *
 from .discriminative import *
 from .schedule import *
+from .schedule import _resolve
 from .cache import *
 from .checkpoints import *
 from .guards import *
@@ -39,6 +40,18 @@ def finetune_learner(dls:DataLoaders, # Data, with `dls.c` classes
     with download_errors(arch):
         return finetune_callbacks(vision_learner(dls, arch, pretrained=pretrained, metrics=metrics, splitter=splitter, **kwargs))
 
+# %% ../nbs/10_finetune.ipynb #bd2d9f97
+def _split_one_group(learn:Learner):
+    "Give a learner with one parameter group (fastai's default splitter) the layer groups `auto_splitter` finds, saying so"
+    if next(learn.model.parameters(), None) is None or learn.n_groups > 1: return  # `check` refuses a model without parameters
+    try: n = len(auto_splitter(learn.model))
+    except ValueError: n = 1
+    if n < 2: return
+    learn.splitter = auto_splitter
+    learn.create_opt()
+    warnings.warn(f"The learner had one parameter group, so nothing could be unfrozen gradually: it is split with auto_splitter into {n} groups "
+                  f"({', '.join(learn.group_names)}); give the Learner splitter=auto_splitter (or a splitter of your own) to choose yourself")
+
 # %% ../nbs/10_finetune.ipynb #dc0569a4
 @patch
 def run(self:Schedule, learn:Learner, cbs=None, # Callbacks for every phase's fit
@@ -47,7 +60,11 @@ def run(self:Schedule, learn:Learner, cbs=None, # Callbacks for every phase's fi
         checkpoints:bool=True) -> pd.DataFrame: # Keep the start, best and last weights of every phase, and the resume state
     "Run every phase on `learn` and return the per-epoch history"
     finetune_callbacks(learn)
+    _split_one_group(learn)
     self.check(learn)
+    if learn.n_groups == 1 and len(self.phases) > 1:
+        raise ValueError(f"The learner has one parameter group and auto_splitter finds no layer groups in {type(bare_model(learn.model)).__name__}, "
+                         "so every phase would train the whole model at one rate: give the Learner a splitter (splitter=auto_splitter, or your own)")
     learn.set_bn_policy(self.bn_policy)
     log = learn.ft_log = FineTuneLog(self)
     learn.cancel_schedule = False  # a callback (e.g. a Stop button) sets it to end the whole schedule
@@ -62,7 +79,7 @@ def run(self:Schedule, learn:Learner, cbs=None, # Callbacks for every phase's fi
         learn.set_trainable(_resolve(p.groups, learn.n_groups, names), keep_state=self.keep_state)
         pcbs = L(cbs)
         if self.patience: pcbs.append(EarlyStoppingCallback(monitor=self.monitor, patience=self.patience))
-        if self.restore_best: pcbs.append(RestoreBest(monitor=self.monitor))
+        if self.restore_best and not (ck and ck.writer): pcbs.append(RestoreBest(monitor=self.monitor))  # else the phase's best checkpoint
         if ck: pcbs.append(ck.callback(i))
         t0 = time.time() - (ck.elapsed(i) if ck else 0)
         try: fits[p.sched](p.epochs, p.group_lrs(learn.n_groups), cbs=pcbs)
@@ -87,6 +104,10 @@ def fine_tune_progressive(self:Learner, epochs:int=3, # Epochs of the last phase
                           ckpt_dir:str|Path|None=None, # Checkpoint folder (default `learn.path/learn.model_dir/'finetune'`)
                           checkpoints:bool=True) -> pd.DataFrame: # Keep start, best and last weights and the resume state
     "Fine-tune with ULMFiT's gradual unfreezing and discriminative learning rates"
+    _split_one_group(self)
+    if self.n_groups < 2:
+        raise ValueError(f"fine_tune_progressive unfreezes layer groups one by one, but this learner has one and auto_splitter finds no layer groups in "
+                         f"{type(bare_model(self.model)).__name__}: give the Learner a splitter (splitter=auto_splitter, or your own), or use fit_one_cycle")
     sch = progressive_schedule(self.n_groups, epochs, lr_max, stage_epochs, groups_per_stage, factor, sched,
                                bn_policy=bn_policy, patience=patience, restore_best=restore_best)
     return sch.run(self, cbs=cbs, resume=resume, ckpt_dir=ckpt_dir, checkpoints=checkpoints)

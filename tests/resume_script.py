@@ -9,15 +9,15 @@ from pathlib import Path
 
 def hang_in_save(folder:Path, n:int, marker:Path):
     "Make the `n`-th write of `folder/resume.pth` stop after its temporary file is written, before the rename"
-    real,seen = os.replace,[0]
-    def replace(src, dst, *args, **kwargs):
+    real,seen = os.rename,[0]  # fastcore's `atomic_save` (under `torch_save_atomic`) renames with `Path.rename`, which calls `os.rename`
+    def rename(src, dst, *args, **kwargs):
         if Path(dst) == folder/'resume.pth':
             seen[0] += 1
             if seen[0] == n:
                 marker.write_text(str(src))
                 time.sleep(600)  # the test kills us here
         return real(src, dst, *args, **kwargs)
-    os.replace = replace
+    os.rename = rename
 
 def main():
     p = argparse.ArgumentParser()
@@ -31,8 +31,8 @@ def main():
     from fastai.basics import set_seed, Callback
     from fastai.callback.progress import ProgressCallback
     from finetune_nb.test_utils import synth_dls, tiny_learner
-    from finetune_nb.schedule import Schedule, Phase; import finetune_nb.finetune
-    import finetune_nb.checkpoints  # noqa: F401 (`Schedule.run` imports it too)
+    from finetune_nb.schedule import Schedule, Phase
+    import finetune_nb.finetune  # noqa: F401 (`Schedule.run`)
     ckpt = Path(a.ckpt_dir)
     if a.hang_at_save: hang_in_save(ckpt, a.hang_at_save, Path(a.out + '.saving'))
 
