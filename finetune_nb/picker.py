@@ -14,20 +14,37 @@ from .charts import *
 # %% auto #0
 __all__ = ['PickerState', 'LayerPicker']
 
-# %% ../nbs/12b_picker.ipynb #bc80f619
+# %% ../nbs/12b_picker.ipynb #bc5cf297
+def _picker_groups(learn:Learner) -> tuple:
+    "The learner's parameter groups, or those `auto_splitter` finds where it has a single group; and whether they are new"
+    if learn.opt is None: learn.create_opt()
+    if len(learn.opt.param_lists) > 1: return list(learn.opt.param_lists),False
+    groups = list(auto_splitter(learn.model, x=learn.dls))
+    if len(groups) > 1:
+        print(f"The learner has a single parameter group: the picker splits it with `auto_splitter` into {len(groups)} groups, "
+              "which `apply` gives the learner (as `splitter=auto_splitter` would)")
+    return groups,len(groups) > 1
+
 class PickerState:
     "Which groups train, at which learning rates, with which BatchNorm policy: a choice to preview and apply"
     def __init__(self, learn:Learner, lr_max:float|None=None):
-        self.learn,self.names = learn,list(learn.group_names)
+        self.learn = learn
+        self.groups,self.split = _picker_groups(learn)
+        self.names = [span_name(learn.model, g) for g in self.groups]
         n = len(self.names)
-        self.trainable = [i in learn.trainable_groups for i in range(n)]
+        self.trainable = [i in learn.trainable_groups for i in range(n)] if not self.split else [any(p.requires_grad for p in g) for g in self.groups]
         cur = [h['lr'] for h in learn.opt.hypers]
         self.lr_policy,self.lr_max,self.factor,self.decay = 'ulmfit',ifnone(lr_max, max(cur)),2.6,0.75
-        self.explicit = cur
+        self.explicit = cur if not self.split else cur*n
         self.bn_policy = getattr(learn, 'bn_policy', 'train' if learn.train_bn else 'stats')
-        self.params = [sum(p.numel() for p in pg) for pg in learn.opt.param_lists]
+        uf = ({id(p) for g in self.groups for p in g if not p.requires_grad} if self.split
+              else {id(p) for n_,p in learn.model.named_parameters() if n_ in set(learn.user_frozen)})
         ids = set(map(id, norm_bias_params(learn.model, with_bias=False)))
-        self.norm_params = [sum(p.numel() for p in pg if id(p) in ids) for pg in learn.opt.param_lists]
+        count = lambda g,f: sum(p.numel() for p in g if f(p))
+        self.params = [count(g, lambda p: True) for g in self.groups]
+        self.norm_params = [count(g, lambda p: id(p) in ids) for g in self.groups]
+        self.user_frozen = [count(g, lambda p: id(p) in uf) for g in self.groups]  # never trained, whatever the choice
+        self._free_norm = [count(g, lambda p: id(p) in ids and id(p) not in uf) for g in self.groups]
 
     def train_from(self, n:int):
         "Train group `n` and every group above it; freeze the rest"
@@ -41,56 +58,71 @@ class PickerState:
 
     @property
     def trainable_params(self) -> int:
-        "Parameters that would train (frozen groups' norm layers count under the 'train' BatchNorm policy)"
-        return sum(p if on else (n if self.bn_policy=='train' else 0)
-                   for on,p,n in zip(self.trainable, self.params, self.norm_params))
+        "Parameters that would train (frozen groups' norm layers count under the 'train' BatchNorm policy; the user's frozen ones never)"
+        return sum(p-u if on else (fn if self.bn_policy=='train' else 0)
+                   for on,p,u,fn in zip(self.trainable, self.params, self.user_frozen, self._free_norm))
 
-    def preview(self) -> pd.DataFrame:
-        "The groups as they would be after `apply`"
-        return pd.DataFrame(dict(name=self.names, params=self.params, norm_params=self.norm_params,
-                                 trainable=self.trainable, lr=self.lrs())).rename_axis('group')
 
-    def apply(self):
-        "Make the learner train as chosen"
-        if not any(self.trainable): raise ValueError("Choose at least one group to train")
-        lrs = self.lrs()
-        self.learn.set_bn_policy(self.bn_policy)
-        self.learn.set_trainable([i for i,t in enumerate(self.trainable) if t], keep_state=True)
-        self.learn.opt.set_hyper('lr', lrs)
-        self.learn.lr = lrs
-        return self.learn
+# %% ../nbs/12b_picker.ipynb #2fd68935
+@patch
+def preview(self:PickerState) -> pd.DataFrame:
+    "The groups as they would be after `apply`"
+    return pd.DataFrame(dict(name=self.names, params=self.params, norm_params=self.norm_params, user_frozen=self.user_frozen,
+                             trainable=self.trainable, lr=self.lrs())).rename_axis('group')
 
-    def to_schedule(self, epochs:int=3, stage_epochs:int=1, sched:str='one_cycle') -> Schedule:
-        "A progressive schedule down to the lowest chosen group, with the chosen rates and BatchNorm policy"
-        n,low = len(self.names),self.trainable.index(True) if any(self.trainable) else len(self.names)-1
-        lrs = self.lrs().tolist()
-        phases = [Phase(list(range(k, n)), stage_epochs, self.lr_max, lrs=lrs, sched=sched, name=f'from {k}')
-                  for k in range(n-1, low, -1)]
-        phases.append(Phase(list(range(low, n)), epochs, self.lr_max, lrs=lrs, sched=sched, name=f'from {low}'))
-        return Schedule(phases, bn_policy=self.bn_policy)
+@patch
+def apply(self:PickerState):
+    "Make the learner train as chosen"
+    if not any(self.trainable): raise ValueError("Choose at least one group to train")
+    lrs,learn = self.lrs(),self.learn
+    if self.split:  # the groups the picker showed become the learner's
+        learn.splitter = partial(auto_splitter, x=learn.dls)
+        learn.create_opt(); self.split = False
+    learn.set_bn_policy(self.bn_policy)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # groups frozen by the user: the preview shows them already
+        learn.set_trainable([i for i,t in enumerate(self.trainable) if t], keep_state=True)
+    learn.opt.set_hyper('lr', lrs)
+    learn.lr = lrs
+    return learn
 
-    def compute(self) -> str:
-        "The estimated compute of this choice per training step (from `compute_estimate` in `09_cache`, when it is loaded)"
-        if not hasattr(self.learn, 'compute_estimate') or not any(self.trainable): return ''
-        try: e = self.learn.compute_estimate([i for i,t in enumerate(self.trainable) if t], self.bn_policy)
-        except Exception: return ''  # an estimate is a nicety: never let it break the picker
-        return f"about {e['relative']:.0%} of the compute of training every group" + (" (frozen prefix cached)" if e['cached'] else "")
+@patch
+def to_schedule(self:PickerState, epochs:int=3, stage_epochs:int=1, sched:str='one_cycle') -> Schedule:
+    "A progressive schedule down to the lowest chosen group, with the chosen rates and BatchNorm policy"
+    n,low = len(self.names),self.trainable.index(True) if any(self.trainable) else len(self.names)-1
+    lrs = self.lrs().tolist()
+    phases = [Phase(list(range(k, n)), stage_epochs, self.lr_max, lrs=lrs, sched=sched, name=f'from {k}')
+              for k in range(n-1, low, -1)]
+    phases.append(Phase(list(range(low, n)), epochs, self.lr_max, lrs=lrs, sched=sched, name=f'from {low}'))
+    return Schedule(phases, bn_policy=self.bn_policy)
 
-    def __repr__(self):
-        c = self.compute()
-        return (f"{sum(self.trainable)} of {len(self.names)} groups train, {self.trainable_params:,} of {sum(self.params):,} parameters; "
-                f"lr policy {self.lr_policy} (lr_max {self.lr_max:g}), BatchNorm policy {self.bn_policy}"
-                + (f"; {c}" if c else "") + f"\n{self.preview().to_string()}")
+
+# %% ../nbs/12b_picker.ipynb #e334af1b
+@patch
+def compute(self:PickerState) -> str:
+    "The estimated compute of this choice per training step (from `Learner.compute_estimate`, in `06_cache`)"
+    if self.split or not hasattr(self.learn, 'compute_estimate') or not any(self.trainable): return ''
+    try: e = self.learn.compute_estimate([i for i,t in enumerate(self.trainable) if t], self.bn_policy)
+    except Exception: return ''  # an estimate is a nicety: never let it break the picker
+    return f"about {e['relative']:.0%} of the compute of training every group" + (" (frozen prefix cached)" if e['cached'] else "")
+
+@patch
+def __repr__(self:PickerState):
+    c = self.compute()
+    return (f"{sum(self.trainable)} of {len(self.names)} groups train, {self.trainable_params:,} of {sum(self.params):,} parameters; "
+            f"lr policy {self.lr_policy} (lr_max {self.lr_max:g}), BatchNorm policy {self.bn_policy}"
+            + (f"; {c}" if c else "") + f"\n{self.preview().to_string()}")
+
 
 # %% ../nbs/12b_picker.ipynb #51728884
-def _modules_html(learn:Learner, i:int) -> str:
-    "Expandable list of the modules of group `i`"
-    ids = set(map(id, learn.opt.param_lists[i]))
+def _modules_html(st:PickerState, i:int) -> str:
+    "Expandable list of the modules of group `i` of the picker's groups"
+    learn,ids = st.learn,set(map(id, st.groups[i]))
     mods = [n for n,m in learn.model.named_modules() if n and next(m.parameters(recurse=False), None) is not None
             and all(id(p) in ids for p in m.parameters(recurse=False))]
     items = ''.join(f"<li><code>{n}</code> {type(learn.model.get_submodule(n)).__name__}</li>" for n in mods[:200])
     more = f"<li>… {len(mods)-200} more</li>" if len(mods) > 200 else ''
-    return f"<details><summary>{learn.group_names[i]}</summary><ul style='margin:0'>{items}{more}</ul></details>"
+    return f"<details><summary>{st.names[i]}</summary><ul style='margin:0'>{items}{more}</ul></details>"
 
 # %% ../nbs/12b_picker.ipynb #741ef05c
 class LayerPicker:
@@ -101,8 +133,9 @@ class LayerPicker:
         n = len(st.names)
         self.checks = [W.Checkbox(value=t, indent=False, layout=W.Layout(width='40px')) for t in st.trainable]
         self.lr_labels = [W.Label() for _ in range(n)]
-        cols = [W.Layout(width=w) for w in ('40px', '320px', '100px', '200px')]
-        rows = [W.HBox([c, W.HTML(_modules_html(learn, i), layout=cols[1]), W.Label(f"{st.params[i]:,}", layout=cols[2]), l])
+        cols = [W.Layout(width=w) for w in ('40px', '320px', '180px', '200px')]
+        rows = [W.HBox([c, W.HTML(_modules_html(st, i), layout=cols[1]),
+                       W.Label(f"{st.params[i]:,}" + (f" ({st.user_frozen[i]:,} frozen by you)" if st.user_frozen[i] else ""), layout=cols[2]), l])
                 for i,(c,l) in enumerate(zip(self.checks, self.lr_labels))]
         head = W.HBox([W.HTML(f"<b>{t}</b>", layout=c) for t,c in zip(('train', 'group', 'parameters', 'learning rate'), cols)])
         self.policy = W.Dropdown(options=['ulmfit', 'layer_decay', 'slice', 'flat', 'explicit'], value=st.lr_policy, description='lr policy')
