@@ -4,7 +4,10 @@ JupyterLab is started on a free port with the Python that runs pytest; Chromium 
 driven by Playwright, opens `tests/browser_panels.ipynb` (copied into a temporary folder) and runs its cells one by
 one. The test checks that both panels render, that the live chart moves while the fit runs in its worker thread,
 that the Stop button ends the fit early with the model intact, and that the picker's checkboxes and Apply button
-change `requires_grad` in the kernel. Screenshots go to `test_artifacts/` (git-ignored), with the server's log.
+change `requires_grad` in the kernel. Then the Stop button must work while the cell is busy: during a blocking
+`learn.fit(..., cbs=LivePanel())`, and during `panel.wait()` after the two cells `panel.start(...)` and `panel.wait()`
+were run together ("Run Selected Cell and All Below", as Run All runs them); each click must end the fit early with
+the model intact, and the click-to-stop latency is printed. Screenshots go to `test_artifacts/` (git-ignored), with the server's log.
 
 Needs: `bash tests/install_browser.sh` (Chromium from apt) and the `playwright` pip package (dev requirements).
 It fails, never skips, when either is missing."""
@@ -25,7 +28,8 @@ CHROMIUM = '/usr/bin/chromium'
 INSTALL_HINT = 'run `bash tests/install_browser.sh` (and `pip install playwright`, a dev requirement)'
 
 # Code cells of the notebook, by their index among all cells (cell 0 is markdown)
-SETUP, PICKER, GRAD, START, RESULT = 1, 2, 3, 4, 5
+SETUP, PICKER, GRAD, START, RESULT, BLOCKING, BG_START, BG_WAIT = 1, 2, 3, 4, 5, 6, 7, 8
+ASKED_EPOCHS = 400  # of the blocking fit and of the fit `panel.wait()` waits for: minutes, unless Stop ends them
 TOTAL_EPOCHS = 302  # fine_tune_progressive(epochs=300) on 3 groups: 1 + 1 + 300 epochs
 
 def _require_browser():
@@ -132,6 +136,10 @@ def accept_kernel_dialog(page):
 
 def run_cell(page, i:int, timeout:float=120) -> str:
     "Select cell `i`, run it (Ctrl+Enter: run without advancing), wait until it ends; return its output text"
+    return wait_cell(page, i, start_cell(page, i), timeout)
+
+def start_cell(page, i:int) -> str:
+    "Select cell `i` and run it (Ctrl+Enter), returning at once; gives the prompt it had before, for `wait_cell`"
     before = prompt(page, i)
     c = cell(page, i)
     c.scroll_into_view_if_needed()
@@ -146,6 +154,11 @@ def run_cell(page, i:int, timeout:float=120) -> str:
             accept_kernel_dialog(page)
             c.locator('.jp-InputPrompt').first.click()
             page.keyboard.press('Control+Enter')
+    return before
+
+def wait_cell(page, i:int, before:str, timeout:float=120) -> str:
+    "Wait until cell `i` (whose prompt was `before`) has run; fail on an error in its output; return its output text"
+    c = cell(page, i)
     deadline = time.time() + timeout
     while True:
         accept_kernel_dialog(page)
@@ -179,8 +192,9 @@ STATUS_JS = """c => { const b = [...c.querySelectorAll('.widget-html-content')].
 LOSS_POINTS_JS = """c => { const s = [...c.querySelectorAll('svg')].find(s => { const t = s.querySelector('text'); return t && t.textContent === 'loss'; });
                            const l = s && s.querySelector('polyline'); return l ? l.getAttribute('points') : null; }"""
 
-def live_status(page) -> str: return cell(page, START).evaluate(STATUS_JS) or ''
-def loss_points(page) -> str: return cell(page, START).evaluate(LOSS_POINTS_JS) or ''
+def live_status(page, i:int=START) -> str: return cell(page, i).evaluate(STATUS_JS) or ''
+def loss_points(page, i:int=START) -> str: return cell(page, i).evaluate(LOSS_POINTS_JS) or ''
+def stop_button(page, i:int): return cell(page, i).locator('button.jupyter-button', has_text=re.compile(r'^\s*Stop\s*$'))
 
 def wait_for(pred, timeout:float, what:str, info=lambda: ''):
     deadline = time.time() + timeout
@@ -279,3 +293,68 @@ def check_panels(page, artifacts):
     no_widget_errors(page)
     shot(page, artifacts, '5_result', cell(page, RESULT))
     print(f"browser test body: {time.time()-t0:.1f} s; result {res}")
+
+def click_stop_when_running(page, artifacts, i:int, name:str) -> float:
+    "Wait until the panel in cell `i` runs with Stop enabled, click Stop; return the times of the click and of the status `stopped`"
+    info = lambda: f"status={live_status(page, i)!r}"
+    wait_for(lambda: live_status(page, i).startswith('running') and loss_points(page, i), 90, f'the panel of cell {i} to run', info)
+    stop = stop_button(page, i)
+    expect(stop).to_be_enabled(timeout=10_000)   # not 'Stop unavailable': the click can reach the busy kernel
+    no_widget_errors(page)
+    shot(page, artifacts, f'{name}_running', cell(page, i))
+    t_click = time.time()
+    stop.click()
+    wait_for(lambda: live_status(page, i).startswith('stopped'), 60, f"the status 'stopped' in cell {i} after clicking Stop", info)
+    t_shown = time.time()
+    expect(stop).to_be_disabled(timeout=10_000)
+    shot(page, artifacts, f'{name}_stopped', cell(page, i))
+    return t_click, t_shown
+
+def check_stopped_early(res:dict, t_click:float, t_shown:float, what:str):
+    "The fit of `res` stopped early at the click, the model intact; print the latencies"
+    assert res['stop_blocked'] == '', f"{what}: the Stop subshell is not available in this kernel: {res}"
+    assert res['stopped'] is True and res['running'] is False, f"{what}: {res}"
+    assert 1 <= res['epochs'] < ASKED_EPOCHS//4, f"{what}: Stop did not end the fit early: {res}"
+    assert res['validate_finite'] and res['params_finite'], f"{what}: the model is not intact after Stop: {res}"
+    assert res['t_stop'] is not None and res['t_stop'] >= t_click - 0.5, f"{what}: the stop request is older than the click: {res}"
+    lat = (res['t_stop'] - t_click)*1000
+    print(f"{what}: click to stop request in the kernel {lat:.0f} ms, click to 'stopped' on the page {(t_shown-t_click)*1000:.0f} ms; "
+          f"{res['epochs']} of {ASKED_EPOCHS} epochs, {res['steps']} batches")
+    return lat
+
+def test_stop_while_busy(page, artifacts):
+    "Stop works while the cell is busy: in a blocking fit, and in `panel.wait()` after Run All"
+    try: check_stop_while_busy(page, artifacts)
+    except BaseException:
+        try: page.screenshot(path=str(artifacts/'browser_failure_busy.png'), full_page=True)
+        except Exception: pass
+        raise
+
+def run_all_below(page, i:int):
+    "Select cell `i` and run it and every cell below it, queued, from the Run menu (as Run All would)"
+    c = cell(page, i)
+    c.scroll_into_view_if_needed()
+    c.locator('.jp-InputPrompt').first.click()
+    expect(c).to_have_class(re.compile(r'\bjp-mod-active\b'), timeout=10_000)
+    page.locator('.lm-MenuBar-item', has_text=re.compile(r'^Run$')).click()
+    page.locator('.lm-Menu-item:visible', has_text='Run Selected Cell and All Below').click()
+
+def check_stop_while_busy(page, artifacts):
+    # (a) A blocking learn.fit(..., cbs=LivePanel()): the cell is busy until the fit ends
+    before = start_cell(page, BLOCKING)
+    t_click,t_shown = click_stop_when_running(page, artifacts, BLOCKING, '6_blocking')
+    wait_cell(page, BLOCKING, before, timeout=120)
+    lat_a = check_stopped_early(tagged(page, BLOCKING, 'BLOCKING'), t_click, t_shown, 'blocking fit')
+
+    # (b) Run All: panel.start(...) in one cell, panel.wait() in the next, which keeps the kernel busy
+    b_start,b_wait = prompt(page, BG_START),prompt(page, BG_WAIT)
+    run_all_below(page, BG_START)
+    wait_for(lambda: re.fullmatch(r'\[\d+\]:', prompt(page, BG_START)) and prompt(page, BG_START) != b_start, 60, 'the start cell to run')
+    wait_for(lambda: prompt(page, BG_WAIT) == '[*]:', 30, 'the wait cell to be queued or running')
+    time.sleep(1.0)  # the wait cell starts as soon as the start cell ends: now it blocks in panel.wait()
+    assert prompt(page, BG_WAIT) == '[*]:', f"panel.wait() ended before Stop: {output_text(page, BG_WAIT)}"
+    t_click,t_shown = click_stop_when_running(page, artifacts, BG_START, '7_run_all')
+    wait_cell(page, BG_WAIT, b_wait, timeout=120)
+    lat_b = check_stopped_early(tagged(page, BG_WAIT, 'WAITED'), t_click, t_shown, 'panel.wait() after Run All')
+    shot(page, artifacts, '8_run_all_result', cell(page, BG_WAIT))
+    (artifacts/'browser_stop_latency.json').write_text(json.dumps(dict(blocking_ms=lat_a, run_all_wait_ms=lat_b)))
