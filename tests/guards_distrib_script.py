@@ -1,6 +1,7 @@
 "A schedule whose second phase diverges, under `learn.distrib_ctx()`: run with `torchrun --nproc_per_node 2 tests/guards_distrib_script.py OUT.json`"
 import json, sys
 import torch, torch.distributed as dist
+torch.set_num_threads(1)
 from fastai.basics import *
 from fastai.distributed import *
 from finetune_nb.all import *
@@ -17,7 +18,7 @@ class AtFitStart(Callback):
     order = 5
     def before_fit(self): self.w = {k.removeprefix('module.'):v.clone() for k,v in self.learn.model.state_dict().items()}
 
-learn = tiny_learner(synth_dls(n=128, bs=16))
+learn = tiny_learner(synth_dls(n=128, bs=16, num_workers=0))  # no loader processes to outlive the run
 learn.remove_cb(ProgressCallback)
 at = AtFitStart()
 sch = Schedule([Phase(1, 1, 1e-2, name='head'), Phase('all', 2, 1e10, lrs='flat', sched='constant', name='boom'),
@@ -32,3 +33,9 @@ res = dict(kind=d.kind if d else None, epoch=d.epoch if d else None, batch=d.bat
 out = [None]*dist.get_world_size()
 dist.all_gather_object(out, res)
 if dist.get_rank() == 0: Path(sys.argv[1]).write_text(json.dumps(out))
+# End cleanly: every rank waits for the others, then frees the process group before the interpreter exits. Without this,
+# gloo's threads can still be running at exit on a loaded machine, and the process aborts ("terminate called without an
+# active exception", SIGABRT). No other thread is left: no progress bar (removed above), no panel, no loader workers.
+sys.stdout.flush(); sys.stderr.flush()
+dist.barrier()
+dist.destroy_process_group()
