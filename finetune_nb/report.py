@@ -7,7 +7,8 @@ from __future__ import annotations
 import base64, html, io
 import PIL.Image
 from fastai.basics import *
-from fastai.learner import _ConstantFunc
+from fastai.interpret import Interpretation, ClassificationInterpretation
+from fastai.callback.tracker import TrackerCallback
 from fastai.vision.core import TensorImageBase
 from .schedule import FineTuneLog
 
@@ -34,37 +35,43 @@ def record_baseline(self:Learner) -> dict:
     self.ft_baseline = dict(zip(_metric_names(self), map(float, vals)), n_valid=len(self.dls.valid.dataset))
     return self.ft_baseline
 
+# %% ../nbs/11_report.ipynb #762d40c9
+def _probs(p:Tensor) -> Tensor:
+    "`p`, the predictions `get_preds` gave, as class probabilities"
+    ok = (p >= 0).all() and torch.allclose(p.sum(1), torch.ones(len(p)), atol=1e-3)
+    return p if ok else p.softmax(1)
+
 # %% ../nbs/11_report.ipynb #ba889132
+class _Interpretation(ClassificationInterpretation):
+    "fastai's `ClassificationInterpretation` with the class names given, for data without a `vocab` too"
+    def __init__(self, learn:Learner, dl:DataLoader, losses:Tensor, classes:list):
+        Interpretation.__init__(self, learn, dl, losses)
+        self.vocab = classes
+
 def _valid_pass(learn:Learner) -> tuple:
-    "Loss and metrics as `validate` reports them, and the outputs, targets and per-item losses in dataset order"
+    "Loss and metrics as `validate` reports them, the validation `DataLoader`, probabilities, targets and per-item losses in dataset order"
     _check_valid(learn)
     dl = learn.dls.valid.new(shuffle=False, drop_last=False)
-    idxs = dl.get_idxs()
-    dl = dl.new(get_idxs=_ConstantFunc(idxs))
-    cb = GatherPredsCallback()
-    vals = learn.validate(dl=dl, cbs=cb)
+    vals = learn.validate(dl=dl)
     if vals is None: raise ValueError("The learner has no Recorder, so validation reports no loss or metrics")
-    order = tensor(idxs).argsort()
-    out,targs = cb.preds[order],cb.targets[order]
-    if out.ndim != 2 or out.shape[1] < 2 or targs.ndim != 1 or targs.is_floating_point():
+    preds,targs,losses = learn.get_preds(dl=dl, with_loss=True)
+    if preds.ndim != 2 or preds.shape[1] < 2 or targs.ndim != 1 or targs.is_floating_point():
         raise ValueError(f"finetune_report needs a single-label classifier (outputs of shape (items, classes), integer targets), "
-                         f"got outputs of shape {tuple(out.shape)} and targets of shape {tuple(targs.shape)} ({targs.dtype})")
-    with learn.loss_not_reduced(): losses = learn.loss_func(out, targs)
-    return dict(zip(_metric_names(learn), map(float, vals))), out, targs, losses.view(len(targs), -1).mean(1)
-
-# %% ../nbs/11_report.ipynb #762d40c9
-def _probs(learn:Learner, out:Tensor) -> Tensor:
-    "Class probabilities from the model's outputs `out`"
-    p = getcallable(learn.loss_func, 'activation')(out)
-    ok = (p >= 0).all() and torch.allclose(p.sum(1), torch.ones(len(p)), atol=1e-3)
-    return p if ok else out.softmax(1)
+                         f"got outputs of shape {tuple(preds.shape)} and targets of shape {tuple(targs.shape)} ({targs.dtype})")
+    if not hasattr(learn.loss_func, 'decodes'):
+        raise ValueError(f"finetune_report decodes predictions with the loss's `decodes`, as fastai's ClassificationInterpretation does, and "
+                         f"{type(learn.loss_func).__name__} has none: use fastai's CrossEntropyLossFlat()")
+    return dict(zip(_metric_names(learn), map(float, vals))), dl, _probs(preds), targs, losses
 
 # %% ../nbs/11_report.ipynb #b631cdb0
 def _handed_on(rows:pd.DataFrame, schedule) -> pd.Series:
-    "The epoch of a phase whose weights went on: its last, or its best with `restore_best`"
+    "The epoch of a phase whose weights went on: its last, or with `restore_best` its best by fastai's `TrackerCallback` rule"
     if schedule is None or not schedule.restore_best or schedule.monitor not in rows: return rows.iloc[-1]
-    m = schedule.monitor
-    return rows.loc[rows[m].idxmin() if 'loss' in m or 'error' in m else rows[m].idxmax()]  # TrackerCallback's comparison
+    t = TrackerCallback(monitor=schedule.monitor)  # `comp`: np.less for a loss or an error, else np.greater
+    best,at = (np.inf if t.comp is np.less else -np.inf),None
+    for i,v in rows[schedule.monitor].items():
+        if t.comp(v - t.min_delta, best): best,at = v,i  # as `TrackerCallback.after_epoch`: the first of equal values, never NaN
+    return rows.loc[at] if at is not None else rows.iloc[-1]
 
 # %% ../nbs/11_report.ipynb #289b626d
 def phase_table(log:FineTuneLog|None, # `learn.ft_log` after a schedule's run, or `None`
@@ -88,16 +95,10 @@ def phase_table(log:FineTuneLog|None, # `learn.ft_log` after a schedule's run, o
     return df.astype(dict(phase='Int64', epochs='Int64')).fillna(dict(name=''))
 
 # %% ../nbs/11_report.ipynb #6d8dae7c
-def confusion_table(targs:Tensor, # Actual class index of each item
-                    pred:Tensor, # Predicted class index of each item
-                    classes:list, # Class names
-                   ) -> pd.DataFrame:
-    "Counts of items by actual class (rows) and predicted class (columns)"
-    n = len(classes)
-    cm = np.zeros((n, n), dtype=int)
-    np.add.at(cm, (to_np(targs).astype(int), to_np(pred).astype(int)), 1)
-    names = [str(c) for c in classes]
-    return pd.DataFrame(cm, index=pd.Index(names, name='actual'), columns=pd.Index(names, name='predicted'))
+def confusion_table(interp:ClassificationInterpretation) -> pd.DataFrame:
+    "fastai's confusion matrix of `interp`: counts of items by actual class (rows) and predicted class (columns)"
+    names = [str(c) for c in interp.vocab]
+    return pd.DataFrame(interp.confusion_matrix(), index=pd.Index(names, name='actual'), columns=pd.Index(names, name='predicted'))
 
 # %% ../nbs/11_report.ipynb #ff180a8b
 def per_class_table(confusion:pd.DataFrame) -> pd.DataFrame:
@@ -111,21 +112,20 @@ def per_class_table(confusion:pd.DataFrame) -> pd.DataFrame:
                              confused_n=off.max(1)), index=pd.Index(confusion.index, name='class'))
 
 # %% ../nbs/11_report.ipynb #6958dce2
-def top_loss_table(losses:Tensor, # Loss of each item
+def top_loss_table(interp:ClassificationInterpretation, # fastai's interpretation, with each item's loss
                    probs:Tensor, # Class probabilities of each item
                    targs:Tensor, # Actual class index of each item
-                   classes:list, # Class names
                    k:int=12, # Items to keep (at most the number of wrong ones)
                   ) -> pd.DataFrame:
-    "The `k` wrongly predicted items with the highest loss, highest first"
+    "The `k` wrongly predicted items with the highest loss (fastai's `top_losses`), highest first"
     if k < 0: raise ValueError(f"k must be zero or more, got {k}")
+    losses,idx = interp.top_losses()  # every item, highest loss first
     pred = probs.argmax(1)
-    wrong = torch.where(pred != targs)[0]
-    top = wrong[losses[wrong].argsort(descending=True)[:k]]
-    names = [str(c) for c in classes]
+    wrong = pred[idx] != targs[idx]
+    top,losses = idx[wrong][:k],losses[wrong][:k]
+    names = [str(c) for c in interp.vocab]
     return pd.DataFrame(dict(idx=to_np(top), label=[names[i] for i in targs[top]], prediction=[names[i] for i in pred[top]],
-                             probability=to_np(probs[top, pred[top]]), p_label=to_np(probs[top, targs[top]]),
-                             loss=to_np(losses[top])))
+                             probability=to_np(probs[top, pred[top]]), p_label=to_np(probs[top, targs[top]]), loss=to_np(losses)))
 
 # %% ../nbs/11_report.ipynb #174f6527
 def _as_image(x):
@@ -371,13 +371,13 @@ def finetune_report(learn:Learner, # A learner after fine-tuning, with validatio
     if isinstance(before, (int, float)): before = {metric: float(before)}
     before = ifnone(before, getattr(learn, 'ft_baseline', None))
     if before is not None and not isinstance(before, dict): raise TypeError(f"before must be a dict of metrics or a number, got {type(before).__name__}")
-    final,out,targs,losses = _valid_pass(learn)
-    probs = _probs(learn, out)
+    final,dl,probs,targs,losses = _valid_pass(learn)
     vocab = getattr(learn.dls, 'vocab', None)
     if vocab is not None and is_listy(vocab) and len(vocab) and is_listy(vocab[-1]): vocab = vocab[-1]
-    classes = list(vocab) if vocab is not None and len(vocab) == out.shape[1] else list(range(out.shape[1]))
-    cm = confusion_table(targs, probs.argmax(1), classes)
-    tl = top_loss_table(losses, probs, targs, classes, k)
+    classes = list(vocab) if vocab is not None and len(vocab) == probs.shape[1] else list(range(probs.shape[1]))
+    interp = _Interpretation(learn, dl, losses, classes)
+    cm = confusion_table(interp)
+    tl = top_loss_table(interp, probs, targs, k)
     dl = learn.dls.valid
     shown = [_valid_input(dl, i) for i in tl.idx]
     images = [_as_image(x) for x,_ in shown]
