@@ -9,6 +9,7 @@ from collections import deque
 from fastai.basics import *
 from .leftout import LeftOut
 from .groups import *
+from .discriminative import GroupRecorder
 from .schedule import *
 from .guards import *
 from .charts import *
@@ -150,6 +151,10 @@ class LivePanel(LeftOut, Callback):
         st.group_names = list(self.learn.group_names)
         st.frozen = set(range(self.learn.n_groups)) - set(self.learn.trainable_groups)
         st.epochs_before,st.total_epochs = 0,self.n_epoch
+        self._rec,self._own_rec = getattr(self.learn, 'group_recorder', None),None  # the per-group record the panel reads
+        if not isinstance(self._rec, GroupRecorder):  # a plain learner: the panel brings one for this fit, and takes it away after
+            self._rec = self._own_rec = GroupRecorder()
+            self.learn.add_cb(self._rec); self._rec.before_fit()   # it joins after fastai's `before_fit` event
         ph,log = running_phase(self.learn),getattr(self.learn, 'ft_log', None)  # a schedule's phase, not one left from an earlier run
         if ph is not None:
             st.phase = log.schedule.phases[ph].name or f'phase {ph}'
@@ -180,7 +185,9 @@ class LivePanel(LeftOut, Callback):
         if not self.training: return
         st = self.state
         st.loss.add(st.step, self.learn.smooth_loss.detach() if isinstance(self.learn.smooth_loss, Tensor) else self.learn.smooth_loss)
-        st.lrs.add(st.step, [np.nan if i in st.frozen else h['lr'] for i,h in enumerate(self.opt.hypers)])  # frozen: no lr
+        if self._rec.hist:  # this batch's rates, recorded by `GroupRecorder` (it runs before the panel); frozen groups have none
+            k = self._rec.hypers.index('lr')
+            st.lrs.add(st.step, [np.nan if i in st.frozen else h[k] for i,h in enumerate(self._rec.hist[-1])])
         st.step += 1; st.batch = self.iter+1
         st.samples += find_bs(self.learn.yb)
         el = time.time()-st.t_fit
@@ -207,6 +214,7 @@ class LivePanel(LeftOut, Callback):
     def after_fit(self):
         st = self.state
         st.running,self.blocking = False,False
+        if self._own_rec is not None: self.learn.remove_cb(self._own_rec); self._own_rec = None
         d = getattr(self.learn, 'diverged', None)
         if d is not None and d is not self._diverged0: st.diverged = str(d)  # `DivergenceGuard` stopped this fit
         if self.monitor is not None: self.monitor.stop()
@@ -239,13 +247,14 @@ def _draw(self:LivePanel, force:bool=False):
 # %% ../nbs/12c_live.ipynb #853cc344
 @patch
 def charts(self:TrainingState) -> dict:
-    "SVG of each chart: losses, metrics, per-group learning rates and gradient norms"
-    kw = dict(marks=[s for s,_ in self.phases[1:]], xlim=(0, max(self.step, 1)))
+    "The four charts as `ChartSpec`s: losses, metrics, per-group learning rates and gradient norms"
+    kw = dict(marks=self.phases[1:], xlim=(0, max(self.step, 1)))  # a mark where each phase after the first starts
+    warn = ' · '.join(k for k,m in (('diverged', self.diverged), ('overfitting', self.overfit)) if m)
     return dict(
-        loss=svg_chart({'train': (self.loss.xs, [_num(y) for y in self.loss.ys]), 'valid': (self.valid.xs, self.valid.ys)}, 'loss', **kw),
-        metrics=svg_chart({n: (s.xs, s.ys) for n,s in self.metrics.items()}, 'metrics', **kw),
-        lrs=svg_chart({'group': (self.lrs.xs, self.lrs.ys)}, 'learning rate per group', logy=True, labels=self.group_names, **kw),
-        grads=svg_chart({'group': (self.grads.xs, self.grads.ys)}, 'gradient norm per group', logy=True, labels=self.group_names, **kw))
+        loss=ChartSpec('loss' + (f' · {warn}' if warn else ''), {'train': (self.loss.xs, self.loss.ys), 'valid': (self.valid.xs, self.valid.ys)}, alert=bool(warn), **kw),
+        metrics=ChartSpec('metrics', {n: (s.xs, s.ys) for n,s in self.metrics.items()}, **kw),
+        lrs=ChartSpec('learning rate per group', {'group': (self.lrs.xs, self.lrs.ys)}, logy=True, labels=self.group_names, **kw),
+        grads=ChartSpec('gradient norm per group', {'group': (self.grads.xs, self.grads.ys)}, logy=True, labels=self.group_names, **kw))
 
 # %% ../nbs/12c_live.ipynb #4b2e2556
 @patch
@@ -303,28 +312,18 @@ class LiveView:
             self.alert.value = alert_html(st)
             self.alert.layout.display = None if self.alert.value else 'none'
             self.device.value = f"<small>{device_line(st.device)}</small>"
-            for k,v in st.charts().items(): self.charts[k].value = v
+            for k,spec in st.charts().items(): self.charts[k].value = svg_chart(spec)
             self.table.value = st.table_html()
             self.sync_stop()
 
 # %% ../nbs/12c_live.ipynb #8a5837ff
 @patch
 def save_png(self:LivePanel, path:str|Path) -> Path:
-    "The four charts as a PNG, drawn with matplotlib"
+    "The four charts as a PNG, drawn with matplotlib from the `ChartSpec`s the live view draws as SVG"
     import matplotlib.pyplot as plt
-    st,path = self.state,Path(path)
+    path = Path(path)
     fig,axs = plt.subplots(1, 4, figsize=(16, 3.2))
-    axs[0].plot(st.loss.xs, [_num(y) for y in st.loss.ys], label='train'); axs[0].plot(st.valid.xs, st.valid.ys, 'o-', label='valid')
-    for n,s in st.metrics.items(): axs[1].plot(s.xs, s.ys, 'o-', label=n)
-    for ax,ser,t in ((axs[2], st.lrs, 'learning rate per group'), (axs[3], st.grads, 'gradient norm per group')):
-        ys = np.array([np.asarray(y.cpu() if isinstance(y, Tensor) else y, dtype=float) for y in ser.ys]) if len(ser) else np.zeros((0,0))
-        for j in range(ys.shape[1] if ys.ndim == 2 else 0): ax.plot(ser.xs, ys[:,j], label=st.group_names[j] if j < len(st.group_names) else str(j))
-        ax.set_yscale('log'); ax.set_title(t)
-    axs[0].set_title('loss' + (' · diverged' if st.diverged else '') + (' · overfitting' if st.overfit else ''), color='#d62728' if st.diverged or st.overfit else 'black')
-    axs[1].set_title('metrics')
-    for ax in axs:
-        for s,_ in st.phases[1:]: ax.axvline(s, color='grey', ls='--', lw=0.8)
-        ax.set_xlabel('batch'); ax.legend(fontsize='x-small')
+    for ax,spec in zip(axs, self.state.charts().values()): mpl_chart(spec, ax)
     fig.tight_layout(); fig.savefig(path, dpi=90); plt.close(fig)
     return path
 
