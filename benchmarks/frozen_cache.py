@@ -100,7 +100,7 @@ if __name__ == '__main__':
     if 'frozen' in a.parts:
         f = df[df.part == 'frozen'].copy()
         for size in a.sizes:
-            s = f.size == size
+            s = f['size'] == size  # the column, not DataFrame.size
             base = f[s & (f.method == 'fastai')].later_epoch_s.iloc[0]
             f.loc[s, 'speedup_vs_fastai'] = base / f[s].later_epoch_s
         print(f[['size', 'method', 'first_epoch_s', 'later_epoch_s', 'speedup_vs_fastai', 'peak_rss_mib', 'cuda_peak_mib']].round(3).to_string(index=False))
