@@ -53,11 +53,14 @@ torch.set_num_threads(1)
 from fastai.basics import Callback
 from finetune_nb.all import *
 from finetune_nb.test_utils import *
+from finetune_nb.extension import last_live_panel
 class Running(Callback):
-    "Print once, at the 5th training batch, that the fit runs (the test then clicks)"
+    "Print once, at the 5th training batch, that the fit runs and the comm of its panel's Stop button (the test then clicks)"
     order = 80
     def after_batch(self):
-        if self.training and self.train_iter == 5: print('RUNNING', time.time(), flush=True)
+        if self.training and self.train_iter == 5:
+            p = [cb for cb in self.learn.cbs if isinstance(cb, LivePanel)][0]
+            print('RUNNING', time.time(), p.view.stop.comm.comm_id, json.dumps(p.view.stop_blocked), flush=True)
 import finetune_nb.live as live
 def make_panel(route=True):
     panel = LivePanel(png=False)
@@ -122,11 +125,11 @@ def _panel(kc, route=True):
     if route: assert info['blocked'] == '', f"the Stop subshell is not available in this kernel: {info['blocked']}"
     return info['comm']
 
-def _stop_after_running(kc, mid, comm_id, timeout=120):
-    "Click Stop once the cell says RUNNING; return the RESULT of the cell"
+def _stop_after_running(kc, mid, comm_id=None, timeout=120):
+    "Click Stop (on `comm_id`, default: the one the RUNNING line names) once the cell says RUNNING; return the RESULT of the cell"
     clicked = {}
     def on_line(l):
-        if l.startswith('RUNNING') and not clicked: clicked['t'] = _click(kc, comm_id)
+        if l.startswith('RUNNING') and not clicked: clicked['t'] = _click(kc, comm_id or l.split()[2])
     res = json.loads(_lines(kc, mid, 'RESULT', timeout, on_line).split(' ', 1)[1])
     assert clicked, "the fit never said RUNNING"
     res['latency_ms'] = (res['t_stop']-clicked['t'])*1000 if res['t_stop'] else None
@@ -179,3 +182,15 @@ def test_control_without_subshell(kernel):
     res = _stop_after_running(kernel, mid, cid)
     assert not res['stopped'] and res['steps'] == 4*n and res['t_stop'] is None, res
     assert res['disabled'], res
+
+def test_stop_under_load_ext(kernel):
+    "Under `%load_ext finetune_nb`, the automatic panel of a plain blocking `learn.fit` stops at a click too"
+    _run(kernel, "%load_ext finetune_nb")
+    try:
+        mid = _send(kernel, f"learn = tiny_learner()\nlearn.fit({N_EPOCHS}, 1e-3, cbs=Running())\n"
+                            f"result(last_live_panel(learn), learn, {4*N_EPOCHS})")
+        res = _stop_after_running(kernel, mid)
+    finally: _run(kernel, "%unload_ext finetune_nb")
+    print(f"%load_ext, blocking fit: click to stop flag {res['latency_ms']:.1f} ms; {res['steps']} of {4*N_EPOCHS} batches")
+    assert res['stopped'] and res['finite'], res
+    assert res['steps'] < 100 and res['epochs'] < N_EPOCHS, f"Stop did not end the fit early: {res}"
