@@ -89,7 +89,7 @@ def sequential_stages(model:nn.Module, # The model to take apart
         for m,t in modes.items(): m.training = t
     return stages
 
-# %% ../nbs/06_cache.ipynb #5145fc5d
+# %% ../nbs/06_cache.ipynb #2cf303fe
 def stage_problem(model:nn.Module, # The model
                   stages:list[nn.Module], # Modules meant to compute `model`, in order
                  ) -> str|None:
@@ -189,7 +189,7 @@ class _Stages:
         if n not in self.tensors: self.tensors[n] = [t for s in self.stages[:n] for t in [*s.parameters(), *s.buffers()]]
         return self.tensors[n]
 
-# %% ../nbs/06_cache.ipynb #480cd75b
+# %% ../nbs/06_cache.ipynb #4c39b1a5
 NO_PREFIX = "no frozen prefix: the first layer group trains, or its norm layers do (the 'frozen' BatchNorm policy fixes them)"
 
 def _group_of(learn):
@@ -245,7 +245,7 @@ def cache_activations(prefix:nn.Module, # The frozen stages
             ys.append(b[1:])
     return xs, [torch.cat([y[k].cpu() for y in ys]) for k in range(len(ys[0]) if ys else 0)], f
 
-# %% ../nbs/06_cache.ipynb #73579988
+# %% ../nbs/06_cache.ipynb #b725d323
 class _Activations:
     "What the first stages compute for the training and validation sets, in memory or in temporary files"
     def __init__(self, prefix, dls, on_disk:bool, autocast):
