@@ -4,15 +4,24 @@
 
 # %% ../nbs/16_cli.ipynb #945c4c66
 from __future__ import annotations
-import argparse, sys, time, json, warnings
+import argparse, errno, importlib, inspect, json, os, signal, sys, time, warnings
 from pathlib import Path
+from fastcore.docments import docments
 
 # %% auto #0
-__all__ = ['DemoError', 'resolve_device', 'check_out', 'demo', 'main']
+__all__ = ['DemoError', 'DemoStopped', 'Terminated', 'resolve_device', 'default_threads', 'check_out', 'fit_batch_size',
+           'run_diverged', 'demo', 'add_options', 'main']
 
 # %% ../nbs/16_cli.ipynb #cea5dda2
 class DemoError(Exception):
     "A bad option of `finetune_nb demo`"
+
+class DemoStopped(Exception):
+    "The demo stopped before the end for a reason its line explains; `status` is the command's exit status"
+    def __init__(self, msg:str, status:int): super().__init__(msg); self.status = status
+
+class Terminated(KeyboardInterrupt):
+    "SIGTERM, raised where the demo is, so that it ends as Ctrl-C does: with what was saved, and no traceback"
 
 # %% ../nbs/16_cli.ipynb #e2a373d7
 def _positive(name, v, allow_none=False):
@@ -35,6 +44,12 @@ def resolve_device(device:str) -> str:
     elif d.type != 'cpu': raise DemoError(f"--device {device!r} is not supported: use auto, cpu, cuda, cuda:N or mps")
     return str(d)
 
+# %% ../nbs/16_cli.ipynb #65f1ca59
+def default_threads(cores:int|None=None) -> int:
+    "Torch CPU threads for the demo: 1 on 2 cores or fewer, else `min(4, cores)`; `cores` defaults to those this process may use"
+    if cores is None: cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    return 1 if cores <= 2 else min(4, cores)
+
 # %% ../nbs/16_cli.ipynb #5679d7e9
 def check_out(out:str|Path) -> Path:
     "Create the output folder `out` and check it is writable, or raise a `DemoError`"
@@ -46,6 +61,30 @@ def check_out(out:str|Path) -> Path:
     except OSError as e: raise DemoError(f"--out {out}: cannot write there ({e.strerror or e})") from None
     return out
 
+# %% ../nbs/16_cli.ipynb #eb6422ab
+def fit_batch_size(bs:int, n_train:int) -> tuple[int, str]:
+    "`bs`, or `n_train` if the training set is smaller than a batch (so an epoch is not empty), and the line that says so"
+    if bs <= n_train: return bs, ''
+    return n_train, f"--bs {bs} is more than the {n_train} training images: training with batches of {n_train}, so that every epoch trains."
+
+# %% ../nbs/16_cli.ipynb #df1055c3
+def _check_options(epochs, size, k_shot, lr, n_groups, bs, bn_policy, threads, device, precision) -> str:
+    "Check the demo's options before any work, raising a `DemoError` that names the first bad one; the torch device"
+    _positive('epochs', epochs); _positive('size', size); _positive('k-shot', k_shot, allow_none=True)
+    _positive('groups', n_groups); _positive('bs', bs); _positive('threads', threads, allow_none=True)
+    if not lr > 0: raise DemoError(f"--lr must be positive, got {lr}")
+    if size < 32: raise DemoError(f"--size must be at least 32 pixels, got {size}")
+    if k_shot is not None and k_shot > 140: raise DemoError(f"--k-shot must be at most 140 (training images of the rarest digit), got {k_shot}")
+    from finetune_nb.models import efficientnet_lite0
+    from finetune_nb.groups import layer_groups, bn_policies
+    n_max = len(layer_groups(efficientnet_lite0(pretrained=False)))
+    if n_groups > n_max: raise DemoError(f"--groups must be at most {n_max} (the layer groups EfficientNet-Lite0 has), got {n_groups}")
+    if bn_policy not in bn_policies: raise DemoError(f"--bn-policy must be one of {', '.join(bn_policies)}, got {bn_policy!r}")
+    dev = resolve_device(device)
+    from finetune_nb.hardware import precision_problem
+    if (msg := precision_problem(precision, dev)): raise DemoError(f"--precision {precision}: {msg}")
+    return dev
+
 # %% ../nbs/16_cli.ipynb #9f25aae4
 def _check_resume(out:Path, opts:dict, resume:bool):
     "Record the demo's options in `out`, or check that a resumed run uses the same ones"
@@ -56,130 +95,166 @@ def _check_resume(out:Path, opts:dict, resume:bool):
         if diff: raise DemoError(f"--resume must repeat the interrupted run's options: it used {', '.join(diff)}")
     f.write_text(json.dumps(opts))
 
-def _run_saver(SaveEachEpoch):
-    class _RunSaver(SaveEachEpoch):
-        "`SaveEachEpoch` counting epochs over the whole schedule, skipping the epochs a resumed run replays"
-        def after_epoch(self):
-            if getattr(self.learn, 'replaying', False): return
-            self.n_saved = len(self.learn.ft_log.rows) + self.epoch
-            super().after_epoch()
-    return _RunSaver
+# %% ../nbs/16_cli.ipynb #25287663
+def _saved_line(model_path:Path) -> str:
+    "What `model_path` holds, read back as data: the last completed epoch's model, or nothing"
+    from finetune_nb.saving import read_saved
+    try: done = read_saved(model_path)['epochs_done'] if model_path.exists() else 0
+    except (ValueError, OSError): done = 0
+    return (f"the model of the last completed epoch ({done}) is saved at {model_path}" if done
+            else "no epoch had completed, so no model was saved")
 
-# %% ../nbs/16_cli.ipynb #23b5fa53
-def demo(epochs:int=3, # Epochs of the last phase (every group training)
-         size:int=64, # Image size fed to the model
-         k_shot:int|None=None, # Training images per class (default: all, about 144)
-         out:str|Path='finetune_demo', # Output folder
-         device:str='auto', # 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'
-         lr:float=1e-2, # Learning rate of the head
-         n_groups:int=4, # Layer groups of the model (head included)
-         bs:int=64, # Batch size
-         seed:int=42, # Seed of the split and of training
-         precision:str='fp32', # 'fp32', 'bf16' or 'fp16' (mixed precision; fp16 needs a GPU)
-         channels_last:bool=False, # Train in the channels-last memory format
-         compile:bool=False, # Compile the model with `torch.compile`
-         bn_policy:str='train', # What norm layers of frozen groups do: 'train', 'stats' or 'frozen' (lets frozen phases use the feature cache)
-         resume:bool=False, # Continue the run interrupted in `out` from its last completed epoch
-         quiet:bool=False): # No progress bars
-    "Fine-tune the offline EfficientNet-Lite0 on scikit-learn's digits with progressive unfreezing"
-    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')  # raised by a dependency at import
-    _positive('epochs', epochs); _positive('size', size); _positive('k-shot', k_shot, allow_none=True)
-    _positive('groups', n_groups); _positive('bs', bs)
-    if not lr > 0: raise DemoError(f"--lr must be positive, got {lr}")
-    if size < 32: raise DemoError(f"--size must be at least 32 pixels, got {size}")
-    if k_shot is not None and k_shot > 140: raise DemoError(f"--k-shot must be at most 140 (training images of the rarest digit), got {k_shot}")
-    from finetune_nb.models import efficientnet_lite0
-    from finetune_nb.groups import layer_groups
-    n_max = len(layer_groups(efficientnet_lite0(pretrained=False)))
-    if n_groups > n_max: raise DemoError(f"--groups must be at most {n_max} (the layer groups EfficientNet-Lite0 has), got {n_groups}")
-    from finetune_nb.groups import bn_policies
-    if bn_policy not in bn_policies: raise DemoError(f"--bn-policy must be one of {', '.join(bn_policies)}, got {bn_policy!r}")
-    dev = resolve_device(device)
-    from finetune_nb.hardware import precision_problem
-    if (msg := precision_problem(precision, dev)): raise DemoError(f"--precision {precision}: {msg}")
-    out = check_out(out)
-    _check_resume(out, dict(epochs=epochs, size=size, k_shot=k_shot, lr=lr, n_groups=n_groups, bs=bs, seed=seed, bn_policy=bn_policy), resume)
-    import torch
+# %% ../nbs/16_cli.ipynb #0b20eec2
+def _write_results(learn, out:Path, t0:float, interrupted:bool=False, quiet:bool=False) -> dict:
+    "Write the history, the curves and a summary of `learn.ft_log` into `out`; with `quiet`, a full disk writes nothing more"
+    import matplotlib.pyplot as plt
+    from finetune_nb.schedule import plot_fine_tune
+    log = getattr(learn, 'ft_log', None)
+    if log is None or not log.rows: return {}
+    try:
+        h = log.history
+        h.to_csv(out/'history.csv', index=False)
+        fig = plot_fine_tune(log, list(learn.group_names))
+        fig.savefig(out/'training.png', dpi=100)
+        plt.close(fig)
+        summary = dict(accuracy=float(h.accuracy.iloc[-1]), valid_loss=float(h.valid_loss.iloc[-1]), epochs=len(h),
+                       seconds=time.time()-t0, interrupted=interrupted, diverged=getattr(learn, 'diverged', None) is not None)
+        (out/'summary.json').write_text(json.dumps(summary, indent=2))
+    except OSError:
+        if quiet: return {}
+        raise
+    if not interrupted:
+        cols = ['phase', 'name', 'epoch', 'train_loss', 'valid_loss', 'accuracy']
+        print("\n" + h[cols].to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    return summary
+
+# %% ../nbs/16_cli.ipynb #9a7e516b
+def _demo_learner(size, bs, seed, k_shot, dev, n_groups, precision, channels_last, compile, quiet):
+    "The demo's learner: digits and EfficientNet-Lite0 with finetune_nb's callbacks, its baseline recorded"
     from fastai.vision.all import set_seed, ProgressCallback
     from finetune_nb.data import digits_dls
     from finetune_nb.finetune import finetune_learner
-    from finetune_nb.saving import SaveEachEpoch, save_finetuned
-    _RunSaver = _run_saver(SaveEachEpoch)
-    from finetune_nb.schedule import progressive_schedule
-    import finetune_nb.hardware, finetune_nb.cache  # `Learner.to_hardware`, and the feature cache for every learner
+    import finetune_nb.hardware, finetune_nb.report  # `Learner.to_hardware`, `Learner.record_baseline`
     import matplotlib; matplotlib.use('Agg')
     set_seed(seed)
     dls = digits_dls(size=size, bs=bs, seed=seed, k_shot=k_shot, device=dev)
     learn = finetune_learner(dls, n_groups=n_groups).to_hardware(precision, channels_last, compile)
     if quiet: learn.remove_cb(ProgressCallback)
-    from finetune_nb.report import finetune_report  # and `Learner.record_baseline`
+    if hasattr(learn, 'divergence_guard'): learn.divergence_guard.verbose = False  # the demo says it in its own words
     learn.record_baseline()  # accuracy of the pretrained body with its new, untrained head
-    sch = progressive_schedule(learn.n_groups, epochs, lr, bn_policy=bn_policy)
-    print(f"Fine-tuning EfficientNet-Lite0 (ImageNet weights, offline) on scikit-learn digits: "
-          f"{len(dls.train_ds)} train / {len(dls.valid_ds)} valid images at {size}px, on {dev}.")
-    print(f"Progressive unfreezing over {learn.n_groups} layer groups, ULMFiT learning rates (head {lr:g}, factor 2.6):")
-    print(sch.table(learn).to_string(), flush=True)
-    model_path = out/'model.pth'
-    meta = dict(arch='efficientnet_lite0', size=size, stats=([0.5]*3, [0.5]*3))
-    saver = _RunSaver(model_path, **meta)
-    t0 = time.time()
-    try: hist = sch.run(learn, cbs=saver, resume=resume, ckpt_dir=out/'checkpoints')
-    except KeyboardInterrupt:
-        _write_results(learn, out, t0, interrupted=True)
-        done = torch.load(model_path, weights_only=False)['epochs_done'] if model_path.exists() else 0  # what is on disk, even if the signal hit mid-save
-        where = f"the model of the last completed epoch ({done}) is saved at {model_path}" if done else "no epoch had completed, so no model was saved"
-        print(f"\nInterrupted: {where}. Run the same command with --resume to continue.", file=sys.stderr)
+    return learn
+
+# %% ../nbs/16_cli.ipynb #a6dd180c
+def run_diverged(learn, factor:float|None=None) -> str:
+    "Why the whole run diverged (final validation loss above `factor`, default the guard's, times the baseline's), or ''"
+    g,log,base = getattr(learn, 'divergence_guard', None),getattr(learn, 'ft_log', None),getattr(learn, 'ft_baseline', None)
+    factor = factor or getattr(g, 'factor', None) or 10.
+    if log is None or not log.rows or not base: return ''
+    last,before = float(log.rows[-1]['valid_loss']),base['valid_loss']
+    if last <= factor*before: return ''
+    return (f"Training diverged over the run: the validation loss ended at {last:.3g}, more than {factor:g}× its {before:.3g} "
+            f"before fine-tuning, so model.pth holds weights that diverged")
+
+# %% ../nbs/16_cli.ipynb #7ae8c578
+_disk_full = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+def _run(learn, sch, out:Path, meta:dict, resume:bool) -> dict:
+    "Run `sch`, saving every epoch, then the model, the results and the report; a stop of any kind ends in one line"
+    from finetune_nb.saving import SaveEachEpoch, save_finetuned
+    from finetune_nb.report import finetune_report
+    model_path,t0 = out/'model.pth',time.time()
+    saver = SaveEachEpoch(model_path, **meta)
+    try:
+        hist = sch.run(learn, cbs=saver, resume=resume, ckpt_dir=out/'checkpoints')
+        if (d := getattr(learn, 'diverged', None)) is not None:
+            _write_results(learn, out, t0, interrupted=True)
+            raise DemoStopped(f"{d.message.splitlines()[0]} Left in place: {_saved_line(model_path)}. "
+                              f"Try a lower learning rate: --lr {d.suggested_lr:.2g}", 3)
+        if (why := run_diverged(learn)):
+            _write_results(learn, out, t0, interrupted=True)
+            raise DemoStopped(f"{why}. Try a lower learning rate: --lr {sch.phases[-1].lr_max/10:.2g}", 3)
+        save_finetuned(learn, model_path, epochs_done=saver.n_saved, **meta)
+        summary = _write_results(learn, out, t0)
+        rep = finetune_report(learn)
+        paths = rep.save(out/'report')
+    except KeyboardInterrupt as e:
+        wrote = bool(_write_results(learn, out, t0, interrupted=True, quiet=True))
+        why = "Stopped by SIGTERM" if isinstance(e, Terminated) else "Interrupted"
+        print(f"\n{why}: {_saved_line(model_path)}" + ("; history.csv, training.png and summary.json hold the epochs so far" if wrote else '')
+              + ". Run the same command with --resume to continue.", file=sys.stderr)
+        e.reported = True
         raise
-    save_finetuned(learn, model_path, epochs_done=saver.n_saved, **meta)
-    summary = _write_results(learn, out, t0)
-    rep = finetune_report(learn)
-    paths = rep.save(out/'report')
+    except OSError as e:
+        if e.errno not in _disk_full: raise
+        raise DemoStopped(f"the disk is full ({e.strerror}: {e.filename}). Left in place: {_saved_line(model_path)}. "
+                          "Free some space and run the same command with --resume to continue.", 1) from None
     print(f"\nValidation accuracy: {summary['accuracy']:.1%} after {len(hist)} epochs in {summary['seconds']:.0f}s ({rep.headline}).")
     print(f"Saved the fine-tuned model to {model_path}, training curves to {out/'training.png'}, numbers to {out/'history.csv'}, "
           f"the evaluation report to {paths['report.html']}.")
     return summary
 
-# %% ../nbs/16_cli.ipynb #0b20eec2
-def _write_results(learn, out:Path, t0:float, interrupted:bool=False) -> dict:
-    "Write the history, the curves and a summary of `learn.ft_log` into `out`"
-    import matplotlib.pyplot as plt
-    from finetune_nb.schedule import plot_fine_tune
-    log = getattr(learn, 'ft_log', None)
-    if log is None or not log.rows: return {}
-    h = log.history
-    h.to_csv(out/'history.csv', index=False)
-    fig = plot_fine_tune(log, list(learn.group_names))
-    fig.savefig(out/'training.png', dpi=100)
-    plt.close(fig)
-    if not interrupted:
-        cols = ['phase', 'name', 'epoch', 'train_loss', 'valid_loss', 'accuracy']
-        print("\n" + h[cols].to_string(index=False, float_format=lambda x: f"{x:.4f}"))
-    summary = dict(accuracy=float(h.accuracy.iloc[-1]), valid_loss=float(h.valid_loss.iloc[-1]), epochs=len(h),
-                   seconds=time.time()-t0, interrupted=interrupted)
-    (out/'summary.json').write_text(json.dumps(summary, indent=2))
-    return summary
+# %% ../nbs/16_cli.ipynb #23b5fa53
+def demo(epochs:int=3, # Epochs of the last phase (every group training)
+         size:int=64, # Image size in pixels
+         k_shot:int|None=None, # Training images per class (default: all, about 144)
+         out:str='finetune_demo', # Output folder
+         device:str='auto', # auto, cpu, cuda, cuda:N or mps
+         lr:float=1e-2, # Learning rate of the head
+         n_groups:int=4, # Layer groups, head included
+         bs:int=64, # Batch size (at most the number of training images)
+         seed:int=42, # Seed of the split and of training
+         precision:str='fp32', # fp32, bf16 or fp16 mixed precision (fp16 needs a GPU)
+         channels_last:bool=False, # Train in the channels-last memory format
+         compile:bool=False, # Compile the model with torch.compile
+         bn_policy:str='train', # Norm layers of frozen groups: train, stats or frozen (frozen phases then use the feature cache)
+         threads:int|None=None, # Torch CPU threads (default: 1 on 2 cores or fewer, else min(4, cores))
+         resume:bool=False, # Continue the run interrupted in --out from its last completed epoch
+         quiet:bool=False): # No progress bars
+    "Fine-tune the offline EfficientNet-Lite0 on scikit-learn's digits with progressive unfreezing"
+    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')  # raised by a dependency at import
+    dev = _check_options(epochs, size, k_shot, lr, n_groups, bs, bn_policy, threads, device, precision)
+    from finetune_nb.data import digits_arrays, digits_split
+    n_train = len(digits_split(digits_arrays()[1], 0.2, seed, k_shot)[0])
+    out = check_out(out)
+    _check_resume(out, dict(epochs=epochs, size=size, k_shot=k_shot, lr=lr, n_groups=n_groups, bs=bs, seed=seed, bn_policy=bn_policy), resume)
+    import torch
+    n_threads = threads or default_threads()
+    torch.set_num_threads(n_threads)
+    bs,note = fit_batch_size(bs, n_train)
+    if note: print(note)
+    learn = _demo_learner(size, bs, seed, k_shot, dev, n_groups, precision, channels_last, compile, quiet)
+    from finetune_nb.schedule import progressive_schedule
+    sch = progressive_schedule(learn.n_groups, epochs, lr, bn_policy=bn_policy)
+    print(f"Fine-tuning EfficientNet-Lite0 (ImageNet weights, offline) on scikit-learn digits: "
+          f"{len(learn.dls.train_ds)} train / {len(learn.dls.valid_ds)} valid images at {size}px, on {dev}"
+          + (f" with {n_threads} CPU thread{'s' if n_threads > 1 else ''}." if dev == 'cpu' else '.'))
+    print(f"Progressive unfreezing over {learn.n_groups} layer groups, ULMFiT learning rates (head {lr:g}, factor 2.6):")
+    print(sch.table(learn).to_string(), flush=True)
+    return _run(learn, sch, out, dict(arch='efficientnet_lite0', size=size, stats=([0.5]*3, [0.5]*3)), resume)
+
+# %% ../nbs/16_cli.ipynb #54385ccb
+def add_options(p:argparse.ArgumentParser, f, # Function whose parameters (annotated, with docments) become options
+                flags:dict|None=None): # Option names for parameters, where they differ from the parameter's name
+    "Add an option to `p` for each parameter of `f`: its docment is the help, its annotation the type, its default the default"
+    for k,v in docments(f, full=True, returns=False, eval_str=True).items():
+        flag,help = '--' + (flags or {}).get(k, k).replace('_', '-'),v.docment or ''
+        if v.anno is bool: p.add_argument(flag, dest=k, action='store_true', help=help)
+        else:
+            typ = next((t for t in getattr(v.anno, '__args__', (v.anno,)) if t is not type(None)), str)  # `int|None`: int
+            p.add_argument(flag, dest=k, type=typ, default=v.default, metavar=(flags or {}).get(k, k).upper(),
+                           help=help if v.default is None else f"{help} (default {v.default})")
+    return p
 
 # %% ../nbs/16_cli.ipynb #010b3916
+_delegated = dict(audit=('finetune_nb.audit', 'audit_main', "Audit a labelled data set: label errors, duplicates, outliers (see `finetune_nb audit --help`)"),
+                  update=('finetune_nb.update', 'update_main', "Update a fine-tuned model with new data (see `finetune_nb update --help`)"))
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='finetune_nb', description="Fine-tune pretrained PyTorch models with fastai")
     sub = p.add_subparsers(dest='cmd', metavar='command')
-    d = sub.add_parser('demo', help="Fine-tune the offline EfficientNet-Lite0 on handwritten digits",
-                       description=demo.__doc__)
-    d.add_argument('--epochs', type=int, default=3, help="epochs of the last phase, every group training (default 3)")
-    d.add_argument('--size', type=int, default=64, help="image size in pixels (default 64)")
-    d.add_argument('--k-shot', type=int, default=None, help="training images per class (default: all)")
-    d.add_argument('--out', default='finetune_demo', help="output folder (default finetune_demo)")
-    d.add_argument('--device', default='auto', help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    d.add_argument('--lr', type=float, default=1e-2, help="learning rate of the head (default 0.01)")
-    d.add_argument('--groups', type=int, default=4, help="layer groups, head included (default 4)")
-    d.add_argument('--bs', type=int, default=64, help="batch size (default 64)")
-    d.add_argument('--seed', type=int, default=42, help="seed (default 42)")
-    d.add_argument('--precision', default='fp32', help="fp32, bf16 or fp16 mixed precision (fp16 needs a GPU; default fp32)")
-    d.add_argument('--channels-last', action='store_true', help="channels-last memory format")
-    d.add_argument('--compile', action='store_true', help="compile the model with torch.compile")
-    d.add_argument('--bn-policy', default='train', help="norm layers of frozen groups: train, stats or frozen (default train)")
-    d.add_argument('--resume', action='store_true', help="continue the run interrupted in --out from its last completed epoch")
-    d.add_argument('--quiet', action='store_true', help="no progress bars")
+    d = sub.add_parser('demo', help="Fine-tune the offline EfficientNet-Lite0 on handwritten digits", description=demo.__doc__)
+    add_options(d, demo, flags=dict(n_groups='groups'))
+    for cmd,(_,_,help) in _delegated.items(): sub.add_parser(cmd, help=help, add_help=False)  # they parse their own options
     r = sub.add_parser('readme', help="Write README.md from nbs/index.ipynb (run in the repository)")
     r.add_argument('--check', action='store_true', help="only check that README.md is up to date")
     dc = sub.add_parser('docs', help="Render every notebook to HTML in _docs/ (run in the repository)")
@@ -194,6 +269,19 @@ def _one_line_errors(p:argparse.ArgumentParser):
         q.error = error.__get__(q)
     return p
 
+# %% ../nbs/16_cli.ipynb #797b3d5d
+def _delegate(cmd:str, argv:list) -> int:
+    "Run subcommand `cmd` by its module's `*_main(argv)`, or say in one line that it is not available"
+    mod,fn,_ = _delegated[cmd]
+    try: run = getattr(importlib.import_module(mod), fn)
+    except ModuleNotFoundError as e:
+        if e.name != mod: raise  # the module is there but something it needs is not: that error is the clearer one
+        run = None
+    except AttributeError: run = None
+    if run is None:
+        print(f"finetune_nb {cmd}: not available ({mod}.{fn} is not in this version of finetune_nb)", file=sys.stderr); return 2
+    return run(argv) or 0
+
 # %% ../nbs/16_cli.ipynb #71f17949
 def _readme(check:bool) -> int:
     "Write README.md from nbs/index.ipynb, or with `check` say whether it is up to date"
@@ -204,8 +292,31 @@ def _readme(check:bool) -> int:
     print("README.md differs from nbs/index.ipynb: run `finetune_nb readme`", file=sys.stderr); return 1
 
 # %% ../nbs/16_cli.ipynb #036bc110
+def _on_sigterm(signum, frame):
+    "SIGTERM raises `Terminated` where the demo is, once: a second one during the clean-up is ignored"
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated()
+
+def _demo_main(args) -> int:
+    "Run `demo` with the parsed `args`; the exit status, with one line on stderr for anything but success"
+    try: old = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError: old = None  # not the main thread: leave signals alone
+    try: demo(**{k:getattr(args, k) for k in inspect.signature(demo).parameters})
+    except (DemoError, ValueError) as e:  # a `CheckpointError` is a `ValueError`
+        print(f"finetune_nb demo: error: {e}", file=sys.stderr); return 2
+    except DemoStopped as e: print(f"finetune_nb demo: {e}", file=sys.stderr); return e.status
+    except KeyboardInterrupt as e:
+        if not getattr(e, 'reported', False):  # `_run` said what was saved
+            print(f"\n{'Stopped by SIGTERM' if isinstance(e, Terminated) else 'Interrupted'} before training started: nothing was saved.", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        if old is not None: signal.signal(signal.SIGTERM, old)
+    return 0
+
 def main(argv=None):
     "Entry point of the `finetune_nb` command"
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in _delegated: return _delegate(argv[0], argv[1:])
     p = _one_line_errors(_parser())
     args = p.parse_args(argv)
     if args.cmd == 'readme': return _readme(args.check)
@@ -213,10 +324,4 @@ def main(argv=None):
         from finetune_nb.docs import build_docs
         print(f"Wrote {build_docs('nbs', args.dest)/'index.html'}"); return 0
     if args.cmd != 'demo': p.print_help(); return 0 if args.cmd is None else 2
-    try:
-        demo(args.epochs, args.size, args.k_shot, args.out, args.device, args.lr, args.groups, args.bs, args.seed,
-             args.precision, args.channels_last, args.compile, args.bn_policy, args.resume, args.quiet)
-    except (DemoError, ValueError) as e:  # a `CheckpointError` is a `ValueError`
-        print(f"finetune_nb demo: error: {e}", file=sys.stderr); return 2
-    except KeyboardInterrupt: return 130
-    return 0
+    return _demo_main(args)

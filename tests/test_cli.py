@@ -85,3 +85,80 @@ def test_demo_end_to_end(tmp_path):
     from finetune_nb.saving import load_finetuned
     m,meta = load_finetuned(tmp_path/'model.pth')
     assert meta['epochs_done'] == s['epochs'] == 6
+
+def _lines(s): return [l for l in s.splitlines() if l.strip()]
+def _temporary(out:Path): return [o for o in out.rglob('*') if o.suffix == '.tmp' or (o.name.startswith('tmp') and o.name.endswith('tmp'))]
+
+@pytest.mark.parametrize('lr,msg', [('1e30', 'Training diverged in phase'),   # the divergence guard stops a phase
+                                    ('1000', 'Training diverged over the run')])  # one batch an epoch: each phase starts exploded
+def test_diverging_lr_exits_3(tmp_path, lr, msg):
+    "A learning rate that diverges ends the demo with status 3 and one line that says so and which --lr to try"
+    r = run('demo', '--lr', lr, '--k-shot', '10', '--size', '32', '--quiet', '--out', str(tmp_path))
+    assert r.returncode == 3, (r.returncode, r.stderr[-3000:])
+    lines = _lines(r.stderr)
+    assert len(lines) == 1 and msg in lines[0] and 'Try a lower learning rate: --lr ' in lines[0], r.stderr
+    assert 'Validation accuracy' not in r.stdout and not _temporary(tmp_path)
+    assert json.loads((tmp_path/'summary.json').read_text())['interrupted']
+
+def test_small_training_set_fits_the_batch(tmp_path):
+    "50 training images and --bs 64 (fastai drops the last partial batch): batches of 50, said in one line; every epoch trains"
+    r = run('demo', '--k-shot', '5', '--epochs', '1', '--size', '32', '--quiet', '--out', str(tmp_path))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.splitlines()[0] == "--bs 64 is more than the 50 training images: training with batches of 50, so that every epoch trains."
+    import pandas as pd
+    h = pd.read_csv(tmp_path/'history.csv')
+    assert len(h) == 4 and h.train_loss.notna().all() and (h.train_loss < 10).all(), h
+    d = torch.load(tmp_path/'model.pth', weights_only=True)   # the demo's own file is plain data
+    assert d['epochs_done'] == 4 and d['vocab'] == list(range(10)) and d['arch'] == 'efficientnet_lite0'
+
+def test_sigterm_says_what_was_saved(tmp_path):
+    "SIGTERM mid-training: one message with what was saved, exit 143, no traceback, no temporary file"
+    out = tmp_path/'out'
+    p = subprocess.Popen(['finetune_nb', 'demo', '--epochs', '50', '--size', '32', '--k-shot', '10', '--quiet', '--out', str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not (out/'model.pth').exists() and time.time()-t0 < 300 and p.poll() is None: time.sleep(0.2)
+    assert p.poll() is None, p.communicate()
+    time.sleep(1.0)
+    p.send_signal(signal.SIGTERM)
+    stdout,stderr = p.communicate(timeout=120)
+    assert p.returncode == 143, (p.returncode, stderr[-3000:])
+    assert 'Traceback' not in stderr and len(_lines(stderr)) == 1, stderr
+    assert stderr.strip().startswith('Stopped by SIGTERM: the model of the last completed epoch'), stderr
+    from finetune_nb.saving import read_saved
+    done = read_saved(out/'model.pth')['epochs_done']
+    assert done >= 1 and f"({done})" in stderr and 'history.csv, training.png and summary.json' in stderr
+    assert not _temporary(out)
+
+def test_disk_full_one_line(tmp_path):
+    "A disk that fills up mid-run: status 1, one line, the last good files left in place, no temporary file (a 64 MB tmpfs; needs root)"
+    out = tmp_path/'small'; out.mkdir()
+    if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=64m', 'tmpfs', str(out)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        r = run('demo', '--k-shot', '10', '--size', '32', '--quiet', '--out', str(out))
+        assert r.returncode == 1, (r.returncode, r.stderr[-3000:])
+        lines = _lines(r.stderr)
+        assert len(lines) == 1 and 'the disk is full (No space left on device: ' in lines[0] and 'Left in place: ' in lines[0], r.stderr
+        assert not _temporary(out), _temporary(out)
+        if (out/'model.pth').exists():
+            from finetune_nb.saving import read_saved
+            assert f"({read_saved(out/'model.pth')['epochs_done']})" in lines[0]
+        else: assert 'no epoch had completed' in lines[0]
+    finally: subprocess.run(['umount', str(out)])
+
+def test_threads_option(tmp_path):
+    r = run('demo', '--help')
+    assert '--threads' in r.stdout and '1 on 2 cores or fewer' in r.stdout
+    r = run('demo', '--threads', '0', '--out', str(tmp_path))
+    assert r.returncode == 2 and _lines(r.stderr) == ['finetune_nb demo: error: --threads must be a positive integer, got 0']
+
+@pytest.mark.parametrize('cmd', ['audit', 'update'])
+def test_delegated_subcommands(cmd):
+    "`finetune_nb audit|update ...` run their module's main with the rest of the line, or say in one line that it is not there"
+    import importlib.util
+    r = run(cmd, '--help')
+    if importlib.util.find_spec(f'finetune_nb.{cmd}') is None:
+        assert r.returncode == 2 and _lines(r.stderr) == [f"finetune_nb {cmd}: not available (finetune_nb.{cmd}.{cmd}_main is not in this version of finetune_nb)"]
+    else: assert r.returncode == 0 and r.stdout.strip(), r.stderr
+    assert cmd in run('--help').stdout

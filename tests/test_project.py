@@ -13,7 +13,9 @@ def test_two_readme_commands():
     cmds = readme_commands((root/'README.md').read_text())
     assert len(cmds) == 2, cmds
     assert cmds[0] == 'pip install -c constraints.txt -e ".[dev]" && finetune_nb demo'
-    assert cmds[1].startswith('pip install -c constraints.txt -e ".[dev,text]" && ')  # the transformers tutorial needs the text extra
+    extras = sorted(l.split('_requirements')[0] for l in (root/'settings.ini').read_text().splitlines() if '_requirements =' in l)
+    m = re.match(r'pip install -c constraints\.txt -e "\.\[(.+?)\]" && ', cmds[1])
+    assert m and sorted(m.group(1).split(',')) == extras, (cmds[1], extras)  # the test command installs every extra the notebooks use
 
 def test_ci_runs_the_readme_test_command_verbatim():
     test_cmd = readme_commands((root/'README.md').read_text())[1]
