@@ -62,6 +62,11 @@ def lab_server(tmp_path_factory, artifacts):
     _write_json(home/'settings/@jupyterlab/notebook-extension/tracker.jupyterlab-settings', {'windowingMode': 'none'})
     _write_json(home/'settings/@jupyterlab/apputils-extension/notification.jupyterlab-settings',
                 {'fetchNews': 'false', 'checkForUpdates': False})
+    # Where JupyterLab sends widget messages (default perCommTarget); the Stop button must work with each setting:
+    # FINETUNE_NB_COMMS_OVER_SUBSHELLS=disabled|perComm|perCommTarget runs the test with another
+    if os.environ.get('FINETUNE_NB_COMMS_OVER_SUBSHELLS'):
+        _write_json(home/'settings/@jupyterlab/apputils-extension/kernels-settings.jupyterlab-settings',
+                    {'commsOverSubshells': os.environ['FINETUNE_NB_COMMS_OVER_SUBSHELLS']})
     env = dict(os.environ, MPLBACKEND='Agg', PYTHONUNBUFFERED='1',
                JUPYTERLAB_SETTINGS_DIR=str(home/'settings'), JUPYTERLAB_WORKSPACES_DIR=str(home/'workspaces'),
                JUPYTER_RUNTIME_DIR=str(home/'runtime'), JUPYTER_CONFIG_DIR=str(home/'config'),
