@@ -14,12 +14,14 @@ from .leftout import LeftOut
 from .discriminative import *
 
 # %% auto #0
-__all__ = ['lr_policies', 'fit_scheds', 'max_schedule_bytes', 'Phase', 'Schedule', 'FineTuneLog', 'running_phase', 'phase_label',
-           'progressive_schedule', 'plot_fine_tune']
+__all__ = ['lr_policies', 'fit_scheds', 'adapter_policies', 'lora_defaults', 'max_schedule_bytes', 'Phase', 'policy_spec',
+           'Schedule', 'FineTuneLog', 'running_phase', 'phase_label', 'progressive_schedule', 'plot_fine_tune']
 
 # %% ../nbs/04_schedule.ipynb #bf6943ae
 lr_policies = ('ulmfit', 'layer_decay', 'slice', 'flat')
 fit_scheds = ('one_cycle', 'stlr', 'flat_cos', 'constant')
+adapter_policies = ('frozen', 'lora', 'full')
+lora_defaults = dict(r=8, alpha=16, dropout=0.0, dora=False)
 
 # %% ../nbs/04_schedule.ipynb #816d95de
 @dataclass
@@ -34,6 +36,18 @@ class Phase:
     lr_min:float|None = None # Lowest rate for 'slice' (defaults to `lr_max/100`)
     sched:str = 'one_cycle' # 'one_cycle', 'stlr', 'flat_cos' or 'constant'
     name:str = '' # Shown in tables and plots
+    policy:dict|str|None = None # How groups train: 'frozen', 'lora' or 'full' for every group of `groups`, or a mapping of groups (index, name, 'head', 'all') to one (a dict of `policy` and LoRA's r, alpha, dropout, dora)
+
+    def group_policies(self, n_groups:int, names=None) -> list:
+        "The policy of each of `n_groups` groups: `groups` train 'full' and the rest are 'frozen', unless `policy` says otherwise"
+        on,where = _resolve(self.groups, n_groups, names),f"Phase {self.name!r}" if self.name else "The phase"
+        res = [policy_spec('full' if i in on else 'frozen') for i in range(n_groups)]
+        if isinstance(self.policy, str): return [policy_spec(self.policy, where) if i in on else s for i,s in enumerate(res)]
+        if self.policy is not None and not isinstance(self.policy, dict):
+            raise ValueError(f"{where}: policy must be a policy name or a mapping of groups to policies, got {self.policy!r}")
+        for k,v in (self.policy or {}).items():
+            for i in resolve_groups(_group_key(k), n_groups, names): res[i] = policy_spec(v, f"{where}, group {k!r}")
+        return res
 
     def group_lrs(self, n_groups:int) -> np.ndarray:
         "Learning rate of each of `n_groups` groups in this phase"
@@ -64,6 +78,29 @@ def _number(v, field:str, where:str, integer:bool=False):
     if x is None or (integer and not x.is_integer()):
         raise ValueError(f"{where}: {field} must be {'an integer' if integer else 'a number'}, got {v!r}")
     return int(x) if integer else x
+
+# %% ../nbs/04_schedule.ipynb #bf5375b2
+def policy_spec(v, # 'frozen', 'lora', 'full', or a dict of `policy` and LoRA options
+                where:str='The phase') -> dict: # Named in errors
+    "A group's policy as plain data: `{'policy': 'frozen'}`, `{'policy': 'full'}`, or `'lora'` with its `r`, `alpha`, `dropout` and `dora`"
+    if isinstance(v, str): v = dict(policy=v)
+    if not isinstance(v, dict): raise ValueError(f"{where}: a group's policy is one of {adapter_policies} or a mapping with 'policy' and LoRA options, got {v!r}")
+    p = v.get('policy')
+    if p not in adapter_policies: raise ValueError(f"{where}: unknown policy {p!r}; choose one of {adapter_policies}")
+    extra = set(v) - {'policy'} - (set(lora_defaults) if p == 'lora' else set())
+    if extra: raise ValueError(f"{where}: {p!r} takes no option {', '.join(sorted(extra))}" + (f" (LoRA's are {', '.join(lora_defaults)})" if p=='lora' else ''))
+    if p != 'lora': return dict(policy=p)
+    d = {**lora_defaults, **v}
+    r,alpha,dropout = _number(d['r'], 'r', where, integer=True),_number(d['alpha'], 'alpha', where),_number(d['dropout'], 'dropout', where)
+    if r < 1: raise ValueError(f"{where}: LoRA's rank r must be at least 1, got {r}")
+    if not (math.isfinite(alpha) and alpha > 0): raise ValueError(f"{where}: LoRA's alpha must be a positive number, got {alpha}")
+    if not 0 <= dropout < 1: raise ValueError(f"{where}: LoRA's dropout must be in [0, 1), got {dropout}")
+    if not isinstance(d['dora'], bool): raise ValueError(f"{where}: dora must be true or false, got {d['dora']!r}")
+    return dict(policy='lora', r=r, alpha=alpha, dropout=dropout, dora=d['dora'])
+
+def _group_key(k):
+    "A group named in a policy mapping: JSON writes the index 3 as the key '3'"
+    return int(k) if isinstance(k, str) and re.fullmatch(r'-?\d+', k) else k
 
 # %% ../nbs/04_schedule.ipynb #97926783
 _float_fields,_int_fields = ('lr_max', 'lr_min', 'factor', 'decay'),('epochs',)
@@ -100,6 +137,7 @@ class Schedule:
             if 'lrs' in p and not isinstance(p['lrs'], str):
                 if not isinstance(p['lrs'], (list, tuple)): raise ValueError(f"{where}: lrs must be a policy name or a list of rates, got {p['lrs']!r}")
                 p['lrs'] = [_number(v, 'lrs', where) for v in p['lrs']]
+            if isinstance(p.get('policy'), dict): p['policy'] = {_group_key(k):v for k,v in p['policy'].items()}
             phases.append(p)
         if d.get('patience') is not None: d['patience'] = _number(d['patience'], 'patience', 'The schedule', integer=True)
         return cls(**{**d, 'phases': phases})
@@ -182,8 +220,10 @@ def check(self:Schedule, learn:Learner):
         if p.sched not in fit_scheds: raise ValueError(f"{where}: unknown schedule {p.sched!r}; choose one of {fit_scheds}")
         if isinstance(p.lrs, str) and p.lrs not in lr_policies: raise ValueError(f"{where}: unknown lr policy {p.lrs!r}; choose one of {lr_policies}")
         if not isinstance(p.lrs, str) and not all(map(_finite, p.lrs)): raise ValueError(f"{where}: every explicit rate must be a finite number, got {list(p.lrs)}")
-        try: idxs = _resolve(p.groups, n, names); lrs = p.group_lrs(n)
-        except (ValueError, KeyError, IndexError) as e: raise type(e)(f"{where}: {e.args[0]}") from None
+        try:
+            idxs = _resolve(p.groups, n, names); lrs = p.group_lrs(n)
+            if p.policy is not None: idxs = [j for j,s in enumerate(p.group_policies(n, names)) if s['policy'] != 'frozen']
+        except (ValueError, KeyError, IndexError) as e: raise type(e)(e.args[0] if e.args[0].startswith(('Phase', 'The phase')) else f"{where}: {e.args[0]}") from None
         if not idxs: raise ValueError(f"{where}: groups={p.groups!r} trains nothing")
         if (lrs <= 0).any(): raise ValueError(f"{where}: every learning rate must be positive")
         if p.lrs == 'ulmfit' and p.factor < 1 and len(idxs) > 1:
