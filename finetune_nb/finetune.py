@@ -15,6 +15,7 @@ from .schedule import _resolve
 from .cache import *
 from .checkpoints import *
 from .guards import *
+from .adapters import *
 
 # %% auto #0
 __all__ = ['finetune_callbacks', 'finetune_learner']
@@ -34,7 +35,7 @@ def finetune_learner(dls:DataLoaders, # Data, with `dls.c` classes
                      metrics=accuracy, # fastai metrics
                      **kwargs): # Passed to `Learner` or `vision_learner`
     "A fastai `Learner` for fine-tuning `arch` on `dls`, with layer groups from `auto_splitter` and finetune_nb's callbacks"
-    splitter = partial(auto_splitter, n_groups=n_groups)
+    splitter = AutoSplitter(n_groups, x=dls)  # a sample batch: modules forward never uses get no group
     if arch == 'efficientnet_lite0':
         return finetune_callbacks(Learner(dls, efficientnet_lite0(dls.c, pretrained=pretrained), metrics=metrics, splitter=splitter, **kwargs))
     with download_errors(arch):
@@ -47,7 +48,7 @@ def _split_one_group(learn:Learner):
     try: n = len(auto_splitter(learn.model))
     except ValueError: n = 1
     if n < 2: return
-    learn.splitter = auto_splitter
+    learn.splitter = AutoSplitter(x=learn.dls)
     learn.create_opt()
     warnings.warn(f"The learner had one parameter group, so nothing could be unfrozen gradually: it is split with auto_splitter into {n} groups "
                   f"({', '.join(learn.group_names)}); give the Learner splitter=auto_splitter (or a splitter of your own) to choose yourself")
@@ -65,18 +66,22 @@ def run(self:Schedule, learn:Learner, cbs=None, # Callbacks for every phase's fi
     if learn.n_groups == 1 and len(self.phases) > 1:
         raise ValueError(f"The learner has one parameter group and auto_splitter finds no layer groups in {type(bare_model(learn.model)).__name__}, "
                          "so every phase would train the whole model at one rate: give the Learner a splitter (splitter=auto_splitter, or your own)")
+    adapters = uses_adapters(self)
+    if adapters: plan_schedule(learn, self)  # every phase's policies checked against the layers before any work
     learn.set_bn_policy(self.bn_policy)
     log = learn.ft_log = FineTuneLog(self)
     learn.cancel_schedule = False  # a callback (e.g. a Stop button) sets it to end the whole schedule
     ck = None
     if checkpoints or resume:
+        if resume and adapters: adapt_for_resume(learn, self, ckpt_dir)  # the saved weights include the adapters the run had then
         ck = RunCheckpoints(learn, self, ckpt_dir, resume)  # snapshots the start, or loads the state to resume from
     fits = dict(one_cycle=learn.fit_one_cycle, stlr=learn.fit_stlr, flat_cos=learn.fit_flat_cos, constant=learn.fit)
     names = list(learn.group_names)
     for i,p in enumerate(self.phases):
         if ck and i < ck.first: continue  # finished before the run was interrupted
         learn.ft_phase = i
-        learn.set_trainable(_resolve(p.groups, learn.n_groups, names), keep_state=self.keep_state)
+        if adapters: learn.apply_policy(p.group_policies(learn.n_groups, names), keep_state=self.keep_state)
+        else: learn.set_trainable(_resolve(p.groups, learn.n_groups, names), keep_state=self.keep_state)
         pcbs = L(cbs)
         if self.patience: pcbs.append(EarlyStoppingCallback(monitor=self.monitor, patience=self.patience))
         if self.restore_best and not (ck and ck.writer): pcbs.append(RestoreBest(monitor=self.monitor))  # else the phase's best checkpoint
