@@ -4,11 +4,13 @@
 
 # %% ../nbs/02_groups.ipynb #46d4fad0
 from __future__ import annotations
+import pydoc
 from fastai.basics import *
 from fastai.callback.training import BnFreeze
 
 # %% auto #0
-__all__ = ['bn_policies', 'span_name', 'layer_groups', 'check_groups', 'auto_splitter', 'layer_group_names', 'resolve_groups']
+__all__ = ['auto_splitter', 'bn_policies', 'span_name', 'layer_groups', 'check_groups', 'AutoSplitter', 'layer_group_names',
+           'resolve_groups']
 
 # %% ../nbs/02_groups.ipynb #2b63b248
 def _has_params(m:nn.Module): return next(m.parameters(), None) is not None
@@ -156,11 +158,7 @@ def check_groups(model:nn.Module, groups,
     if dups: raise ValueError(f"{len(dups)} parameters are in several groups: {', '.join(dups[:5])}")
 
 # %% ../nbs/02_groups.ipynb #9d7b1f7f
-def auto_splitter(model:nn.Module, # Any PyTorch model
-                  n_groups:int|None=None, # Merge neighbouring groups down to this number (head included)
-                  x=None, # Sample input (tensor, tuple, or fastai `DataLoader(s)`): parameters `forward` does not use get no group
-                 ) -> L:
-    "A fastai splitter for any model: its layer groups as lists of parameters, head last"
+def _split(model:nn.Module, n_groups:int|None=None, x=None) -> L:
     if not _has_params(model): raise ValueError(f"{type(model).__name__} has no parameters to split")
     unused = set() if x is None else _unused_params(model, x)
     if ns := [n for n,p in model.named_parameters() if id(p) in unused]:
@@ -169,6 +167,21 @@ def auto_splitter(model:nn.Module, # Any PyTorch model
     groups = layer_groups(model, n_groups, unused).map(lambda ns: [params[n] for n in ns])
     check_groups(model, groups, unused)
     return groups
+
+class AutoSplitter:
+    "A fastai splitter for any model: its layer groups as lists of parameters, head last; exported learners keep fastai's `trainable_params` instead"
+    def __init__(self, n_groups:int|None=None, # Merge neighbouring groups down to this number (head included)
+                 x=None): # Sample input (tensor, tuple, or fastai `DataLoader(s)`): parameters `forward` does not use get no group
+        store_attr()
+    def __call__(self, model:nn.Module, n_groups:int|None=None, x=None) -> L:
+        "The layer groups of `model` (`n_groups` and `x` default to this splitter's)"
+        return _split(model, ifnone(n_groups, self.n_groups), ifnone(x, self.x))
+    def __reduce__(self): return (pydoc.locate, ('fastai.torch_core.trainable_params',))  # `learn.export()` needs no finetune_nb
+    def __copy__(self): return AutoSplitter(self.n_groups, self.x)
+    def __deepcopy__(self, memo): return AutoSplitter(self.n_groups, self.x)
+    def __repr__(self): return f"AutoSplitter(n_groups={self.n_groups})"
+
+auto_splitter = AutoSplitter()
 
 # %% ../nbs/02_groups.ipynb #e7d81cfe
 def layer_group_names(model:nn.Module, n_groups:int|None=None, x=None) -> L:

@@ -76,7 +76,7 @@ def apply(self:PickerState):
     if not any(self.trainable): raise ValueError("Choose at least one group to train")
     lrs,learn = self.lrs(),self.learn
     if self.split:  # the groups the picker showed become the learner's
-        learn.splitter = partial(auto_splitter, x=learn.dls)
+        learn.splitter = AutoSplitter(x=learn.dls)
         learn.create_opt(); self.split = False
     learn.set_bn_policy(self.bn_policy)
     with warnings.catch_warnings():
@@ -95,7 +95,6 @@ def to_schedule(self:PickerState, epochs:int=3, stage_epochs:int=1, sched:str='o
               for k in range(n-1, low, -1)]
     phases.append(Phase(list(range(low, n)), epochs, self.lr_max, lrs=lrs, sched=sched, name=f'from {low}'))
     return Schedule(phases, bn_policy=self.bn_policy)
-
 
 # %% ../nbs/12b_picker.ipynb #e334af1b
 @patch

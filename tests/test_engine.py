@@ -138,7 +138,7 @@ def test_unused_module_registered_last_is_not_the_head():
     with plain.no_logging(), pytest.raises(RuntimeError, match="does not require grad"): plain.fit(1)  # structure alone
     set_seed(0)
     with pytest.warns(UserWarning, match="forward does not use spare.weight, spare.bias"):
-        learn = Learner(dls, SpareMLP(), loss_func=CrossEntropyLossFlat(), splitter=partial(auto_splitter, x=dls))
+        learn = Learner(dls, SpareMLP(), loss_func=CrossEntropyLossFlat(), splitter=AutoSplitter(x=dls))
         learn.create_opt()
     assert list(learn.group_names)[-1] == 'head'
     assert not {id(p) for p in learn.model.spare.parameters()} & {id(p) for pg in learn.opt.param_lists for p in pg}

@@ -26,16 +26,25 @@ def test_export_loads_without_finetune_nb(tmp_path):
         from pathlib import Path
         from fastai.vision.all import *
         from finetune_nb.all import *
-        from finetune_nb.test_utils import TinyNet
         p = Path({str(tmp_path)!r})
-        dls = digits_dls(size=8, k_shot=5)
-        set_seed(0); plain = Learner(dls, TinyNet(10), loss_func=CrossEntropyLossFlat(), splitter=auto_splitter, path=p)
+        X = torch.randn(96, 3, 8, 8, generator=torch.Generator().manual_seed(0)); Y = (X.mean((1,2,3))*8).round().clamp(0, 2).long().tolist()
+        def get_x(i): return X[i]
+        def get_y(i): return Y[i]
+        dls = DataBlock(blocks=(TransformBlock, CategoryBlock), get_x=get_x, get_y=get_y,
+                        splitter=IndexSplitter(range(64, 96))).dataloaders(range(96), bs=16, num_workers=0)
+        class Net(nn.Module):   # the user's own code: defined here, pickled by value
+            def __init__(self):
+                super().__init__()
+                self.body = nn.Sequential(nn.Conv2d(3,8,3,padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8,8,3,padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+                self.head = nn.Linear(8, 3)
+            def forward(self, x): return self.head(self.body(x))
+        set_seed(0); plain = Learner(dls, Net(), loss_func=CrossEntropyLossFlat(), path=p)
         plain.export('plain.pkl')
-        set_seed(0); learn = Learner(dls, TinyNet(10), loss_func=CrossEntropyLossFlat(), splitter=auto_splitter, path=p)
+        set_seed(0); learn = Learner(dls, Net(), loss_func=CrossEntropyLossFlat(), splitter=auto_splitter, path=p)
         with learn.no_bar(), learn.no_logging(): learn.fine_tune_progressive(1, 1e-2, ckpt_dir=p/'ck')
-        assert hasattr(learn, 'feature_cache') and hasattr(learn, 'ft_log')
+        assert hasattr(learn, 'feature_cache') and hasattr(learn, 'ft_log') and hasattr(learn, 'divergence_guard')
         learn.export('ft.pkl')
-        torch.save(learn.model(torch.ones(2, 3, 8, 8)).detach(), p/'out.pt')
+        torch.save(learn.model.eval()(torch.ones(2, 3, 8, 8)).detach(), p/'out.pt')
     """)
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=ENV, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
