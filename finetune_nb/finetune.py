@@ -80,9 +80,10 @@ def run(self:Schedule, learn:Learner, cbs=None, # Callbacks for every phase's fi
     for i,p in enumerate(self.phases):
         if ck and i < ck.first: continue  # finished before the run was interrupted
         learn.ft_phase = i
-        if adapters: learn.apply_policy(p.group_policies(learn.n_groups, names), keep_state=self.keep_state)
+        if adapters: plan = learn.apply_policy(p.group_policies(learn.n_groups, names), keep_state=self.keep_state)
         else: learn.set_trainable(_resolve(p.groups, learn.n_groups, names), keep_state=self.keep_state)
         pcbs = L(cbs)
+        if adapters: pcbs.append(TrainsAsPlanned(plan))
         if self.patience: pcbs.append(EarlyStoppingCallback(monitor=self.monitor, patience=self.patience))
         if self.restore_best and not (ck and ck.writer): pcbs.append(RestoreBest(monitor=self.monitor))  # else the phase's best checkpoint
         if ck: pcbs.append(ck.callback(i))
