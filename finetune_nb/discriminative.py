@@ -7,6 +7,7 @@ from __future__ import annotations
 from fastai.basics import *
 from fastai.callback.schedule import *
 from .groups import *
+from .charts import ChartSpec, mpl_chart
 from .leftout import LeftOut
 
 # %% auto #0
@@ -34,25 +35,26 @@ def layer_decay_lrs(lr_max:float, # Learning rate of the last (head) group
 
 # %% ../nbs/03_discriminative.ipynb #1ed97d59
 class GroupRecorder(LeftOut, Callback):
-    "Record the learning rate, momentum and weight decay of every parameter group at every training batch"
+    "Record the learning rate, momentum and weight decay of every parameter group at every training batch, and which groups were frozen"
     order,run_valid = 65,False  # after `ParamScheduler` has set this batch's values
     hypers = ('lr', 'mom', 'wd')
-    def before_fit(self): self.hist = []
+    def before_fit(self):
+        self.hist = []
+        self.frozen = [i not in self.learn.trainable_groups for i in range(len(self.opt.param_lists))] if self.opt is not None else []
     def after_batch(self): self.hist.append([[h.get(k, np.nan) for k in self.hypers] for h in self.opt.hypers])
-    def values(self, hyper:str='lr') -> np.ndarray:
+    def values(self, hyper:str='lr', # 'lr', 'mom' or 'wd'
+               frozen_nan:bool=False) -> np.ndarray: # Frozen groups as NaN (they did not train at that value)
         "Recorded `hyper` as an array of shape (batches, groups)"
         a = np.array(self.hist, dtype=float)
-        return a[..., self.hypers.index(hyper)] if len(a) else np.zeros((0, 0))
+        if not len(a): return np.zeros((0, 0))
+        v = a[..., self.hypers.index(hyper)]
+        if frozen_nan: v[:, [i for i,f in enumerate(self.frozen) if f]] = np.nan
+        return v
     def plot(self, hyper:str='lr', ax=None, names=None):
-        "Plot `hyper` of every group against the training batch"
-        if ax is None: _,ax = plt.subplots(figsize=(6,3.5))
+        "Plot `hyper` of every group against the training batch, with `mpl_chart`"
         v = self.values(hyper)
-        names = names or (self.learn.group_names if hasattr(self, 'learn') else range(v.shape[1]))
-        for i,n in enumerate(names): ax.plot(v[:,i], label=f'{i}: {n}')
-        ax.set_xlabel('batch'); ax.set_ylabel(hyper)
-        if hyper=='lr': ax.set_yscale('log')
-        ax.legend(fontsize='x-small', loc='upper left', bbox_to_anchor=(1,1))
-        return ax
+        names = names or (list(self.learn.group_names) if hasattr(self, 'learn') else None)
+        return mpl_chart(ChartSpec(hyper, {'group': (np.arange(len(v)), v)}, logy=hyper=='lr', labels=names), ax)
 
 # %% ../nbs/03_discriminative.ipynb #50c3aa3c
 def SchedSTLR(lr_max, # Peak learning rate: a float or one per group

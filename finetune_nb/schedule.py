@@ -10,6 +10,7 @@ from fastai.basics import *
 from fastai.callback.schedule import *
 from fastai.callback.tracker import EarlyStoppingCallback, TrackerCallback
 from .groups import *
+from .charts import ChartSpec, mpl_chart
 from .leftout import LeftOut
 from .discriminative import *
 
@@ -242,8 +243,7 @@ class FineTuneLog(LeftOut):
         self.starts.append(len(self.losses))
         self.losses += [float(o) for o in getattr(learn.recorder, 'losses', [])]  # none if the fit failed at its start
         if hasattr(learn, 'group_recorder'):
-            lrs = learn.group_recorder.values('lr')
-            if lrs.size: lrs[:, [i for i in range(lrs.shape[1]) if i not in learn.trainable_groups]] = np.nan  # frozen: no lr
+            lrs = learn.group_recorder.values('lr', frozen_nan=True)  # the one per-group record; frozen groups had no rate
             self.lrs += lrs.tolist()
         names,n0 = learn.recorder.metric_names[1:-1],len(self.rows)
         for vals in getattr(learn.recorder, 'values', []):
@@ -286,21 +286,18 @@ def progressive_schedule(n_groups:int, # Number of layer groups of the learner
 def plot_fine_tune(log:FineTuneLog, # `learn.ft_log` after a run
                    names=None, # Group names for the legend
                    figsize=(12,3.5)):
-    "Losses, metrics and per-group learning rates of a schedule's run, phases marked"
-    h = log.history
-    fig,axs = plt.subplots(1, 3, figsize=figsize)
-    axs[0].plot(log.losses, label='train (smoothed)', alpha=0.8)
+    "Losses, metrics and per-group learning rates of a schedule's run, phases marked: three `ChartSpec`s drawn by `mpl_chart`"
+    h,lrs = log.history,np.array(log.lrs)
     n_b = len(log.losses)/max(len(h),1)
-    axs[0].plot((h.epoch+1)*n_b, h.valid_loss, 'o-', label='valid')
+    phase_names = [p.name or f'phase {i}' for i,p in enumerate(log.schedule.phases)] if hasattr(log, 'schedule') else []
+    marks = [(s, phase_names[i+1] if i+1 < len(phase_names) else '') for i,s in enumerate(log.starts[1:])]
     mets = [c for c in h.columns if c not in ('phase','name','epoch','train_loss','valid_loss','phase_time')]
-    for m in mets: axs[1].plot(h.epoch+1, h[m], 'o-', label=m)
-    lrs = np.array(log.lrs)
-    for i in range(lrs.shape[1] if lrs.ndim==2 else 0):
-        axs[2].plot(lrs[:,i], label=f"{i}: {names[i]}" if names else str(i))
-    for ax in (axs[0], axs[2]):
-        for s in log.starts[1:]: ax.axvline(s, color='grey', ls='--', lw=0.8)
-    for e in h.groupby('phase').epoch.min().iloc[1:]: axs[1].axvline(e+0.5, color='grey', ls='--', lw=0.8)
-    axs[0].set(title='loss', xlabel='batch'); axs[1].set(title='metrics', xlabel='epoch'); axs[2].set(title='learning rate per group', xlabel='batch', yscale='log')
-    for ax in axs: ax.legend(fontsize='x-small')
+    specs = [ChartSpec('loss', {'train (smoothed)': (np.arange(len(log.losses)), log.losses),
+                                'valid': (((h.epoch+1)*n_b).tolist(), h.valid_loss.tolist()) if len(h) else ([], [])}, marks=marks),
+             ChartSpec('metrics', {m: ((h.epoch+1).tolist(), h[m].tolist()) for m in mets}, xlabel='epoch',
+                       marks=[(e+0.5, '') for e in h.groupby('phase').epoch.min().iloc[1:]] if len(h) else ()),
+             ChartSpec('learning rate per group', {'group': (np.arange(len(lrs)), lrs)} if lrs.ndim == 2 else {}, logy=True, labels=names, marks=marks)]
+    fig,axs = plt.subplots(1, 3, figsize=figsize)
+    for s,ax in zip(specs, axs): mpl_chart(s, ax)
     fig.tight_layout()
     return fig
