@@ -14,6 +14,7 @@ from .schedule import *
 from .guards import *
 from .charts import *
 from .device import *
+from .finetune import finetune_callbacks
 
 # %% auto #0
 __all__ = ['BoundedSeries', 'TrainingState', 'stop_subshell', 'route_to_subshell', 'LivePanel', 'alert_html', 'LiveView']
@@ -337,6 +338,7 @@ def start(self:LivePanel, fit, # A fit method, e.g. `learn.fine_tune_progressive
     self.state.stop_requested,self._error = False,None
     if self.use_widgets and self.view is None: self.view = LiveView(self); self.view.display()
     learn = getattr(fit, '__self__', None)
+    if isinstance(learn, Learner): finetune_callbacks(learn)  # the panel is a finetune_nb entry point: the guards, the cache, the record
     def work():
         try:
             quiet = isinstance(learn, Learner) and self.use_widgets   # the panel shows progress and the epochs' table
