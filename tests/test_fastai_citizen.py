@@ -62,3 +62,10 @@ def test_export_loads_without_finetune_nb(tmp_path):
     """)
     r = subprocess.run([sys.executable, '-c', load], capture_output=True, text=True, env=ENV, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
+
+def test_import_keeps_fastai_defaults():
+    "`finetune_nb.all` leaves every fastai default (callbacks, lr, ...) exactly as `fastai.vision.all` sets it"
+    code = ("from fastai.vision.all import *; snap=lambda: {k:(list(v) if k=='callbacks' else repr(v)) for k,v in vars(defaults).items()}; "
+            "a=snap(); import finetune_nb.all; assert snap()==a, (a, snap())")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=ENV, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
