@@ -10,6 +10,7 @@ from .groups import *
 from .schedule import *
 from .cache import *
 from .charts import *
+from .adapters import policy_table
 
 # %% auto #0
 __all__ = ['PickerState', 'LayerPicker']
@@ -45,6 +46,14 @@ class PickerState:
         self.norm_params = [count(g, lambda p: id(p) in ids) for g in self.groups]
         self.user_frozen = [count(g, lambda p: id(p) in uf) for g in self.groups]  # never trained, whatever the choice
         self._free_norm = [count(g, lambda p: id(p) in ids and id(p) not in uf) for g in self.groups]
+        had = getattr(learn, 'group_policies', None) if not self.split else None  # how a trained group trains: 'full' or 'lora' (with `lora`'s options)
+        self.how = [s['policy'] if had and s['policy'] != 'frozen' else 'full' for s in (had or [{}]*n)]
+        self.lora = next((dict((k,v) for k,v in s.items() if k != 'policy') for s in (had or []) if s['policy'] == 'lora'), dict(lora_defaults))
+
+    def policies(self) -> list:
+        "Each group's policy: 'frozen', 'full', or 'lora' with its options"
+        return ['frozen' if not t else dict(policy='lora', **self.lora) if h == 'lora' else 'full' for t,h in zip(self.trainable, self.how)]
+    def _adapted(self) -> bool: return 'lora' in [h for t,h in zip(self.trainable, self.how) if t] or bool(getattr(self.learn, 'group_policies', None))
 
     def train_from(self, n:int):
         "Train group `n` and every group above it; freeze the rest"
@@ -59,16 +68,21 @@ class PickerState:
     @property
     def trainable_params(self) -> int:
         "Parameters that would train (frozen groups' norm layers count under the 'train' BatchNorm policy; the user's frozen ones never)"
+        if self._adapted() and not self.split:  # LoRA: the exact count of the adapters PEFT would add
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                try: return int(policy_table(self.learn, self.policies()).trainable.sum())
+                except ValueError: pass  # a group LoRA cannot adapt: `apply` says which
         return sum(p-u if on else (fn if self.bn_policy=='train' else 0)
                    for on,p,u,fn in zip(self.trainable, self.params, self.user_frozen, self._free_norm))
-
 
 # %% ../nbs/12b_picker.ipynb #2fd68935
 @patch
 def preview(self:PickerState) -> pd.DataFrame:
     "The groups as they would be after `apply`"
     return pd.DataFrame(dict(name=self.names, params=self.params, norm_params=self.norm_params, user_frozen=self.user_frozen,
-                             trainable=self.trainable, lr=self.lrs())).rename_axis('group')
+                             trainable=self.trainable, policy=[p if isinstance(p, str) else f"lora r={p['r']}" for p in self.policies()],
+                             lr=self.lrs())).rename_axis('group')
 
 @patch
 def apply(self:PickerState):
@@ -81,7 +95,8 @@ def apply(self:PickerState):
     learn.set_bn_policy(self.bn_policy)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # groups frozen by the user: the preview shows them already
-        learn.set_trainable([i for i,t in enumerate(self.trainable) if t], keep_state=True)
+        if self._adapted(): learn.apply_policy(self.policies(), keep_state=True)  # adapters added, merged or kept (09a_adapters)
+        else: learn.set_trainable([i for i,t in enumerate(self.trainable) if t], keep_state=True)
     learn.opt.set_hyper('lr', lrs)
     learn.lr = lrs
     return learn
@@ -94,6 +109,8 @@ def to_schedule(self:PickerState, epochs:int=3, stage_epochs:int=1, sched:str='o
     phases = [Phase(list(range(k, n)), stage_epochs, self.lr_max, lrs=lrs, sched=sched, name=f'from {k}')
               for k in range(n-1, low, -1)]
     phases.append(Phase(list(range(low, n)), epochs, self.lr_max, lrs=lrs, sched=sched, name=f'from {low}'))
+    if self._adapted():  # each phase trains its groups as chosen
+        for p in phases: p.policy = {i:s for i,s in enumerate(self.policies()) if isinstance(s, dict) and i in p.groups} or None
     return Schedule(phases, bn_policy=self.bn_policy)
 
 # %% ../nbs/12b_picker.ipynb #e334af1b
@@ -132,11 +149,12 @@ class LayerPicker:
         n = len(st.names)
         self.checks = [W.Checkbox(value=t, indent=False, layout=W.Layout(width='40px')) for t in st.trainable]
         self.lr_labels = [W.Label() for _ in range(n)]
+        self.hows = [W.Dropdown(options=['full', 'lora'], value=h, layout=W.Layout(width='80px')) for h in st.how]  # how a trained group trains
         cols = [W.Layout(width=w) for w in ('40px', '320px', '180px', '200px')]
         rows = [W.HBox([c, W.HTML(_modules_html(st, i), layout=cols[1]),
-                       W.Label(f"{st.params[i]:,}" + (f" ({st.user_frozen[i]:,} frozen by you)" if st.user_frozen[i] else ""), layout=cols[2]), l])
+                       W.Label(f"{st.params[i]:,}" + (f" ({st.user_frozen[i]:,} frozen by you)" if st.user_frozen[i] else ""), layout=cols[2]), l, self.hows[i]])
                 for i,(c,l) in enumerate(zip(self.checks, self.lr_labels))]
-        head = W.HBox([W.HTML(f"<b>{t}</b>", layout=c) for t,c in zip(('train', 'group', 'parameters', 'learning rate'), cols)])
+        head = W.HBox([W.HTML(f"<b>{t}</b>", layout=c) for t,c in zip(('train', 'group', 'parameters', 'learning rate', 'how'), cols+[W.Layout(width='80px')])])
         self.policy = W.Dropdown(options=['ulmfit', 'layer_decay', 'slice', 'flat', 'explicit'], value=st.lr_policy, description='lr policy')
         self.lr_max = W.FloatLogSlider(value=st.lr_max, min=-6, max=0, step=0.1, description='lr_max', readout_format='.1e')
         self.factor = W.BoundedFloatText(value=st.factor, min=1.0, max=100, step=0.1, description='factor')
@@ -148,7 +166,7 @@ class LayerPicker:
         self.export_btn = W.Button(description='Export schedule')
         self.preview = W.HTML()
         self.exported = W.Textarea(layout=W.Layout(width='100%', height='120px', display='none'))
-        for w in (*self.checks, self.policy, self.lr_max, self.factor, self.decay, self.bn): w.observe(self._changed, 'value')
+        for w in (*self.checks, *self.hows, self.policy, self.lr_max, self.factor, self.decay, self.bn): w.observe(self._changed, 'value')
         self.from_btn.on_click(self._train_from)
         self.apply_btn.on_click(lambda _: self.apply())
         self.export_btn.on_click(lambda _: self.export())
@@ -160,7 +178,7 @@ class LayerPicker:
 @patch
 def _changed(self:LayerPicker, change=None):
     st = self.state
-    st.trainable = [c.value for c in self.checks]
+    st.trainable,st.how = [c.value for c in self.checks],[h.value for h in self.hows]
     st.lr_policy,st.lr_max,st.factor,st.decay,st.bn_policy = self.policy.value,self.lr_max.value,self.factor.value,self.decay.value,self.bn.value
     self._redraw()
 
