@@ -7,6 +7,7 @@ from __future__ import annotations
 import pydoc
 from fastai.basics import *
 from fastai.callback.training import BnFreeze
+from torch.nn.modules.batchnorm import _BatchNorm
 
 # %% auto #0
 __all__ = ['auto_splitter', 'bn_policies', 'span_name', 'layer_groups', 'check_groups', 'AutoSplitter', 'layer_group_names',
@@ -303,17 +304,67 @@ def set_trainable(self:Learner, groups, # Groups to train: indices, names, 'all'
         warn(f"Frozen by you, so they stay frozen: {', '.join(self.group_names[i] for i in kept)}")
 
 # %% ../nbs/02_groups.ipynb #c74b2799
-bn_policies = ('train', 'stats', 'frozen')
+bn_policies = ('train', 'stats', 'frozen', 'adapt')
+
+# %% ../nbs/02_groups.ipynb #8a795437
+def _bn_layers(model:nn.Module) -> list:
+    "BatchNorm layers of `model` that keep running statistics"
+    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+
+@contextmanager
+def _validation_tfms(dl):
+    "Inside the block, `dl`'s pipelines apply validation-time transforms (no training-only augmentation); random generators are kept"
+    tls = getattr(getattr(dl, 'dataset', None), 'tls', [])
+    pipes = [p for p in [getattr(t, 'tfms', None) for t in tls] + [getattr(dl, n, None) for n in ('after_item', 'after_batch')]
+             if isinstance(p, Pipeline)]
+    idxs,st,tst = [p.split_idx for p in pipes],random.getstate(),torch.get_rng_state()
+    try:
+        for p in pipes: p.split_idx = 1
+        yield
+    finally:
+        for p,i in zip(pipes, idxs): p.split_idx = i
+        random.setstate(st); torch.set_rng_state(tst)
+
+# %% ../nbs/02_groups.ipynb #d2dafc8b
+@patch
+def adapt_bn(self:Learner, dl=None) -> int: # Items to estimate on; default: the training set, in order, none dropped
+    "Re-estimate every BatchNorm layer's running statistics on `dl` in one pass with no gradients; returns the number of batches"
+    bns = _bn_layers(self.model)
+    if not bns: return 0
+    if dl is None:
+        tr = self.dls.train
+        dl = tr.new(shuffle=False, drop_last=len(tr.dataset) % tr.bs == 1 and len(tr.dataset) > 1)  # a batch of one has no batch statistics
+    acc = {m:[0, 0., 0.] for m in bns}  # items, mean, sum of squared deviations per channel
+    def hook(m, inp):
+        x = inp[0].detach().double().transpose(0, 1).flatten(1)  # channels x values
+        a,k = acc[m],x.shape[1]
+        mb = x.mean(1); m2b = ((x - mb[:,None])**2).sum(1)
+        n = a[0] + k; d = mb - a[1]
+        a[1] = a[1] + d*k/n; a[2] = a[2] + m2b + d*d*a[0]*k/n; a[0] = n
+    modes,hooks,nb = [(m, m.training) for m in self.model.modules()],[m.register_forward_pre_hook(hook) for m in bns],0
+    try:
+        self.model.eval()
+        for m in bns: m.train()
+        with torch.no_grad(), _validation_tfms(dl):
+            for b in dl: self.model(*b[:getattr(dl, 'n_inp', 1)]); nb += 1
+    finally:
+        for h in hooks: h.remove()
+        for m,t in modes: m.train(t)
+    for m,(n,mean,m2) in acc.items():
+        if n < 2: continue
+        m.running_mean.copy_(mean); m.running_var.copy_(m2/(n-1)); m.num_batches_tracked.fill_(nb)
+    return nb
 
 # %% ../nbs/02_groups.ipynb #baf3a68b
 @patch
-def set_bn_policy(self:Learner, policy:str='train'): # 'train', 'stats' or 'frozen'
-    "Choose what normalisation layers in frozen groups do (see the table above)"
+def set_bn_policy(self:Learner, policy:str='train'): # 'train', 'stats', 'frozen' or 'adapt'
+    "Choose what normalisation layers in frozen groups do (see the table above); 'adapt' re-estimates the statistics now, once"
     if policy not in bn_policies: raise ValueError(f"Unknown BatchNorm policy {policy!r}; choose one of {bn_policies}")
     _note_user_frozen(self)  # before the norm layers' flags change
-    groups = self.trainable_groups
+    groups,held = self.trainable_groups,policy in ('frozen', 'adapt')
     self.train_bn,self.bn_policy = policy=='train',policy
     for p in norm_bias_params(self.model, with_bias=False): self.opt.state[p]['force_train'] = self.train_bn
     self.set_trainable(groups)
-    if policy=='frozen' and not hasattr(self, 'bn_freeze'): self.add_cb(BnFreeze())
-    if policy!='frozen' and hasattr(self, 'bn_freeze'): self.remove_cb(self.bn_freeze)
+    if held and not hasattr(self, 'bn_freeze'): self.add_cb(BnFreeze())
+    if not held and hasattr(self, 'bn_freeze'): self.remove_cb(self.bn_freeze)
+    if policy=='adapt': self.adapt_bn()
