@@ -9,8 +9,8 @@ from pathlib import Path
 from fastcore.docments import docments
 
 # %% auto #0
-__all__ = ['DemoError', 'DemoStopped', 'Terminated', 'resolve_device', 'default_threads', 'check_out', 'fit_batch_size',
-           'run_diverged', 'demo', 'add_options', 'main']
+__all__ = ['DemoError', 'DemoStopped', 'Terminated', 'resolve_device', 'default_threads', 'check_out', 'fit_batch_size', 'demo',
+           'add_options', 'main']
 
 # %% ../nbs/16_cli.ipynb #cea5dda2
 class DemoError(Exception):
@@ -144,17 +144,6 @@ def _demo_learner(size, bs, seed, k_shot, dev, n_groups, precision, channels_las
     learn.record_baseline()  # accuracy of the pretrained body with its new, untrained head
     return learn
 
-# %% ../nbs/16_cli.ipynb #a6dd180c
-def run_diverged(learn, factor:float|None=None) -> str:
-    "Why the whole run diverged (final validation loss above `factor`, default the guard's, times the baseline's), or ''"
-    g,log,base = getattr(learn, 'divergence_guard', None),getattr(learn, 'ft_log', None),getattr(learn, 'ft_baseline', None)
-    factor = factor or getattr(g, 'factor', None) or 10.
-    if log is None or not log.rows or not base: return ''
-    last,before = float(log.rows[-1]['valid_loss']),base['valid_loss']
-    if last <= factor*before: return ''
-    return (f"Training diverged over the run: the validation loss ended at {last:.3g}, more than {factor:g}× its {before:.3g} "
-            f"before fine-tuning, so model.pth holds weights that diverged")
-
 # %% ../nbs/16_cli.ipynb #7ae8c578
 _disk_full = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
@@ -169,10 +158,7 @@ def _run(learn, sch, out:Path, meta:dict, resume:bool) -> dict:
         if (d := getattr(learn, 'diverged', None)) is not None:
             _write_results(learn, out, t0, interrupted=True)
             raise DemoStopped(f"{d.message.splitlines()[0]} Left in place: {_saved_line(model_path)}. "
-                              f"Try a lower learning rate: --lr {d.suggested_lr:.2g}", 3)
-        if (why := run_diverged(learn)):
-            _write_results(learn, out, t0, interrupted=True)
-            raise DemoStopped(f"{why}. Try a lower learning rate: --lr {sch.phases[-1].lr_max/10:.2g}", 3)
+                              f"Try a lower learning rate: --lr {d.suggested_lr if d.suggested_lr is not None else sch.phases[0].lr_max/10:.2g}", 3)
         save_finetuned(learn, model_path, epochs_done=saver.n_saved, **meta)
         summary = _write_results(learn, out, t0)
         rep = finetune_report(learn)

@@ -46,7 +46,7 @@ class LaggedFlags:
 @dataclass
 class Divergence(LeftOut):
     "What `DivergenceGuard` saw when it stopped a fit"
-    kind:str # 'nan', 'inf', 'exploded' (smoothed training loss), 'buffers' (BatchNorm statistics) or 'valid_loss' (with weights not finite)
+    kind:str # 'nan', 'inf', 'exploded' (smoothed training loss), 'buffers' (BatchNorm statistics), 'valid_loss' (with weights not finite) or 'valid_exploded' (above `factor**2` times the run's start)
     loss:float # The value that tripped the guard (NaN for 'buffers')
     ref:float # The fit's reference: the larger of its first smoothed loss and the validation loss it started from
     epoch:int # Epoch of the fit
@@ -123,6 +123,7 @@ class DivergenceGuard(LeftOut, Callback):
         if self.started: return
         self.started,self.learn.diverged,self.notes = True,None,[]
         self.n,self.ref,self.bad,self.good_at = 0,None,None,''
+        if not running_phase(self.learn): self.run_ref = None  # a plain fit, or a schedule's first phase: the run starts here
         self.floor = _last_valid_loss(self.learn)  # the validation loss this fit starts from, if fastai recorded one
         self.best = ifnone(self.floor, math.inf)  # an epoch's weights replace the start's only if they beat it
         self.peak = [0.]*len(self.opt.hypers)
@@ -147,9 +148,10 @@ class DivergenceGuard(LeftOut, Callback):
         s = rec.smooth_loss.value if rec is not None and rec.smooth_loss.count else self.learn.loss.mean()
         s = s.as_subclass(Tensor).detach().float()  # a plain tensor: fastai's `TensorBase` makes each small op several times slower
         if self.ref is None: self.ref = s if self.floor is None else torch.fmax(s, s.new_tensor(self.floor))  # the fit's start
+        if getattr(self, 'run_ref', None) is None: self.run_ref = self.ref  # the run's start, kept across a schedule's phases
         self.n += 1
         if self.factor is None: bad = ~s.isfinite()
-        else: bad = ~(s <= self.ref*(self.factor**2 if self.n <= self.warmup else self.factor))  # NaN <= x is False
+        else: bad = ~(s <= self.ref*(self.factor**2 if self.n <= self.warmup else self.factor)) | ~(s <= self.run_ref*self.factor**2)  # NaN <= x is False
         self.bad = bad if self.bad is None else self.bad | bad  # sticky: a lagged read still sees every batch
         if self.per_batch and self.flags.push(self.bad): self._diverge(self.iter)
 
@@ -162,11 +164,13 @@ class DivergenceGuard(LeftOut, Callback):
         tl,vl = (float(vals[k]) if isinstance(vals.get(k), (int,float)) else None for k in ('train_loss', 'valid_loss'))
         bufs = _nonfinite(self.learn.model)  # BatchNorm's statistics: broken ones leave the training loss finite
         bad_valid = vl is not None and not math.isfinite(vl)
+        vref = max(float(self.ref) if self.ref is not None else 0., self.floor or 0., float(self.run_ref) if getattr(self, 'run_ref', None) is not None else 0.)
+        up = vl is not None and math.isfinite(vl) and self.factor is not None and vref > 0 and vl > vref*self.factor**2  # exploded in eval mode
         wts = _nonfinite(self.learn.model, params=True) if bad_valid and not (bad or bufs) else []
         score = ifnone(vl, tl)
-        stop,score = _agree([bad or bool(bufs) or bool(wts), score if score is not None and math.isfinite(score) else math.inf],
+        stop,score = _agree([bad or bool(bufs) or bool(wts) or up, score if score is not None and math.isfinite(score) else math.inf],
                             next(self.learn.model.parameters()).device)
-        if stop: self._diverge(None, *(() if bad else ('buffers', math.nan, bufs) if bufs else ('valid_loss', vl, wts) if wts else ()))
+        if stop: self._diverge(None, *(() if bad else ('buffers', math.nan, bufs) if bufs else ('valid_loss', vl, wts) if wts else ('valid_exploded', vl, [f'{vref:.4g}']) if up else ()))
         if bad_valid:
             self.notes.append(f"The validation loss is {vl} at the end of epoch {self.epoch}, but the training loss and every weight "
                               f"and BatchNorm statistic are finite: kept the weights and went on (is the loss infinite on some "
@@ -216,6 +220,8 @@ def _divergence(guard:DivergenceGuard, batch:int|None, kind:str|None, loss:float
     elif kind == 'buffers': what = (f"BatchNorm statistics are not finite ({shown}), which breaks the model in evaluation mode "
                                     "although the training loss looked fine")
     elif kind == 'valid_loss': what = f"the validation loss is {loss} at the end of the epoch, and weights are not finite ({shown})"
+    elif kind == 'valid_exploded': what = (f"the validation loss reached {loss:.3g} at the end of the epoch, more than {guard.factor**2:g}× "
+                                           f"the loss this run started from ({names[0]}), while the training loss looked bounded")
     else: what = f"the smoothed training loss became {'NaN' if kind == 'nan' else 'infinite'}"
     lr_txt = ', '.join(f"{i} {n}: " + (f"{lr:.1e}" if lr is not None else 'frozen') for i,(n,lr) in enumerate(zip(names_g, lrs)))
     where = f"epoch {guard.epoch}" + (f", batch {batch}" if batch is not None else '')

@@ -108,3 +108,15 @@ def test_nonfinite_lr_never_advised():
     d = learn.diverged
     assert d is not None and d.suggested_lr is None and 'inf' not in f"{d.peak_lrs}"
     assert 'use finite learning rates' in d.message and 'try inf' not in d.message and 'lr_max=inf' not in d.message
+
+def test_lr_far_too_high_is_caught_in_eval_mode():
+    "A rate 1000x too high: the training loss stays bounded (BatchNorm normalises each batch) but the validation loss explodes; the guard stops the schedule and loads back the start"
+    from finetune_nb.finetune import finetune_learner
+    from finetune_nb.data import digits_dls
+    set_seed(0)
+    learn = finetune_learner(digits_dls(size=32, k_shot=10, bs=64))
+    w0 = weights(learn)
+    with learn.no_bar(), learn.no_logging(): h = learn.fine_tune_progressive(1, 1000, checkpoints=False)
+    assert learn.diverged is not None and learn.diverged.kind == 'valid_exploded', learn.diverged
+    assert len(h) == 1 and math.isfinite(h.train_loss.iloc[0])   # the schedule stopped after its first epoch
+    assert all(torch.equal(v, w0[k]) for k,v in learn.model.state_dict().items())   # back to the weights it started from
