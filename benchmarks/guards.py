@@ -20,7 +20,7 @@ from finetune_nb.guards import DivergenceGuard
 from finetune_nb.test_utils import tiny_learner, synth_dls
 from finetune_nb.data import digits_dls
 from finetune_nb.models import efficientnet_lite0
-from finetune_nb.groups import auto_splitter
+from finetune_nb.groups import auto_splitter, AutoSplitter
 from finetune_nb.finetune import fine_tune_progressive, finetune_callbacks
 
 ROOT = Path(__file__).resolve().parents[1]
