@@ -35,3 +35,24 @@ def test_frozen_and_train_policies_are_not_cached_the_same():
 
 def test_adapt_refuses_unknown():
     with pytest.raises(ValueError, match="Unknown BatchNorm policy"): tiny_learner().set_bn_policy('adabn')
+
+def test_presets_are_schedules_a_user_can_save_and_edit(tmp_path):
+    from finetune_nb.presets import lp_ft_schedule, surgical_schedule
+    from finetune_nb.schedule import Schedule
+    for sch in (lp_ft_schedule(4), surgical_schedule('features.3')):
+        back = Schedule.load(sch.save(tmp_path/'s.yaml'))
+        assert back == sch and back.bn_policy == 'adapt'
+        back.phases[-1].epochs = 7  # edit, as data
+        assert back != sch
+
+def test_auto_schedule_leaves_the_learner_and_picks_the_best_probe():
+    from finetune_nb.presets import auto_schedule
+    set_seed(0); lrn = tiny_learner(synth_dls(n=64, bs=16))
+    before = {k:v.clone() for k,v in lrn.model.state_dict().items()}
+    with pytest.raises(ValueError, match="No depth to probe"): auto_schedule(lrn, depths=[9], show=False)
+    sch = auto_schedule(lrn, epochs=1, lrs=(1e-2,), depths=[2, 3], show=False)
+    for k,v in lrn.model.state_dict().items(): assert torch.equal(v, before[k]), k  # BatchNorm statistics included
+    t = sch.probe
+    assert list(t.k) == [2, 3] and t.chosen.sum() == 1
+    best = t.sort_values(['accuracy', 'valid_loss'], ascending=[False, True]).iloc[0]
+    assert sch.phases[1].groups == (int(best.k) if best.k < lrn.n_groups else 'all') and sch.phases[1].lr_max == best.lr_max
