@@ -196,7 +196,7 @@ def table(self:Schedule, learn:Learner|None=None) -> pd.DataFrame:
             r['groups'] = f"{idxs[0]}..{idxs[-1]}" if idxs == list(range(idxs[0], idxs[-1]+1)) else str(idxs)
             r['group_lrs'] = ' '.join(f"{o:.1e}" for o in p.group_lrs(learn.n_groups)[idxs])
         if any(q.policy is not None for q in self.phases):  # how each group trains: f(rozen), F(ull), L(oRA)
-            r['policy'] = ''.join('fFL'[adapter_policies.index(s['policy'])] for s in p.group_policies(learn.n_groups, list(learn.group_names))) \
+            r['policy'] = ''.join(dict(frozen='f', full='F', lora='L')[s['policy']] for s in p.group_policies(learn.n_groups, list(learn.group_names))) \
                           if learn is not None else p.policy
         rows.append(r)
     return pd.DataFrame(rows).set_index('phase')
