@@ -120,7 +120,8 @@ class Schedule:
     def to_dict(self) -> dict:
         "Plain data: the schedule's settings and its phases"
         return dict(bn_policy=self.bn_policy, patience=self.patience, restore_best=self.restore_best,
-                    monitor=self.monitor, keep_state=self.keep_state, phases=[asdict(p) for p in self.phases])
+                    monitor=self.monitor, keep_state=self.keep_state,
+                    phases=[{k:v for k,v in asdict(p).items() if k != 'policy' or v is not None} for p in self.phases])  # no policy: as before policies, so older runs still resume
     @classmethod
     def from_dict(cls, d:dict):
         "Schedule from `to_dict`'s output (or a file's), its numbers read as numbers"
