@@ -193,8 +193,9 @@ class _Stages:
 NO_PREFIX = "no frozen prefix: the first layer group trains, or its norm layers do (the 'adapt' or 'frozen' BatchNorm policy fixes them)"
 
 def _group_of(learn):
-    "Map each parameter to the index of its layer group"
-    return {id(p):i for i,ps in enumerate(learn.splitter(learn.model)) for p in ps}
+    "Map each parameter to the index of its layer group (the optimiser's groups: calling the splitter again may cost a forward pass)"
+    if learn.opt is None: learn.create_opt()
+    return {id(p):i for i,ps in enumerate(learn.opt.param_lists) for p in ps}
 
 def _whole_groups(learn, stages, n):
     "The largest `k <= n` such that the first `k` stages hold whole layer groups (at least one)"

@@ -107,7 +107,7 @@ def _unused_params(model:nn.Module, x) -> set:
     "Ids of the parameters of `model` that a forward pass on the sample input `x` does not use"
     ran,params = set(),list(model.parameters())
     hooks = [m.register_forward_pre_hook(lambda m,a: ran.add(id(m))) for m in model.modules()]
-    was,flags = model.training,[p.requires_grad for p in params]
+    modes,flags = {m:m.training for m in model.modules()},[p.requires_grad for p in params]  # each module's own mode: a frozen BatchNorm stays in eval
     try:
         model.eval()
         for p in params: p.requires_grad_(True)
@@ -120,7 +120,7 @@ def _unused_params(model:nn.Module, x) -> set:
     finally:
         for h in hooks: h.remove()
         for p,f in zip(params, flags): p.requires_grad_(f)
-        model.train(was)
+        for m,t in modes.items(): m.training = t
     return {id(p) for p in params} - used
 
 # %% ../nbs/02_groups.ipynb #ef379a4f

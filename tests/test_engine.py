@@ -146,3 +146,11 @@ def test_unused_module_registered_last_is_not_the_head():
     h0 = learn.model.head.weight.detach().clone()
     with learn.no_logging(): learn.fit(1, 1e-2)
     assert not torch.equal(learn.model.head.weight, h0)
+
+def test_splitter_sample_pass_keeps_each_modules_mode():
+    "AutoSplitter's forward pass on a sample restores every module's own mode: a BatchNorm frozen in eval mode stays so (the feature cache calls the splitter mid-fit)"
+    from finetune_nb.groups import AutoSplitter
+    from finetune_nb.test_utils import TinyNet
+    m = TinyNet(); m.train(); m.features[1].eval()
+    AutoSplitter(x=torch.randn(2, 3, 8, 8))(m)
+    assert m.training and m.features[0].training and not m.features[1].training
