@@ -406,16 +406,25 @@ def _data_vocab(dls, labels) -> list:
     if v is not None and not isinstance(v, (Tensor, np.ndarray)) and len(v): return [str(o) for o in v]
     return [str(i) for i in range(int(np.max(labels))+1)] if len(labels) else []
 
-# %% ../nbs/18_update.ipynb #9495b4b5
+# %% ../nbs/18_update.ipynb #3eea6b2b
+def _balanced(kept:ItemSet, new_labels:np.ndarray) -> np.ndarray:
+    "Indices into `kept` that repeat it (cyclically, up to as many items as the new data) until its classes weigh as much as the new data's"
+    per_new = len(new_labels)/max(len(np.unique(new_labels)), 1)
+    per_kept = len(kept)/max(len(np.unique(kept.labels.numpy())), 1)
+    return np.arange(min(max(len(kept), round(len(kept)*per_new/per_kept)), max(len(kept), len(new_labels)))) % len(kept)
+
 class _UpdateDS:
     "The new training items, through their loader's item transforms and with labels of the joint classes, then the replayed items"
-    def __init__(self, dl:DataLoader, lut:Tensor, kept:ItemSet|None, vocab:list):
-        self.dl,self.lut,self.kept,self.vocab,self.c = dl,lut,kept,vocab,len(vocab)
+    def __init__(self, dl:DataLoader, lut:Tensor, kept:ItemSet|None, vocab:list, balance:bool=True):
+        self.dl,self.lut,self.vocab,self.c = dl,lut,vocab,len(vocab)
         self.n_new = len(dl.dataset)
-        self.labels = np.concatenate([lut[torch.as_tensor(_labels(dl.dataset)).long()].numpy(), kept.labels.numpy() if kept is not None else np.zeros(0, int)])
+        new = lut[torch.as_tensor(_labels(dl.dataset)).long()].numpy()
+        self.kept_idx = (_balanced(kept, new) if balance else np.arange(len(kept))) if kept is not None and len(kept) else np.zeros(0, int)
+        self.kept = kept
+        self.labels = np.concatenate([new, kept.labels.numpy()[self.kept_idx] if len(self.kept_idx) else np.zeros(0, int)])
     def __len__(self): return len(self.labels)
     def __getitem__(self, i):
-        if i >= self.n_new: return self.kept[i-self.n_new]
+        if i >= self.n_new: return self.kept[int(self.kept_idx[i-self.n_new])]
         it = self.dl.do_item(i)
         y = it[-1]
         return (*it[:-1], (type(y) if isinstance(y, Tensor) else torch.as_tensor)(self.lut[int(y)]))
@@ -588,9 +597,10 @@ def update_schedule(n_groups:int, # Layer groups of the learner
                     epochs:int=3, # Epochs with every group training
                     lr_max:float=1e-2, # Learning rate of the head (the groups below get ULMFiT's lower rates)
                     head_epochs:int=1, # Epochs of the head alone, first
-                    factor:float=2.6) -> Schedule: # ULMFiT's ratio between neighbouring groups
+                    factor:float=2.6, # ULMFiT's ratio between neighbouring groups
+                    sched:str='flat_cos') -> Schedule: # Schedule of the phase with every group training
     "An update's schedule: the head alone, then every group at discriminative rates"
-    return Schedule([Phase(1, head_epochs, lr_max, name='head'), Phase('all', epochs, lr_max, factor=factor, name='all')])
+    return Schedule([Phase(1, head_epochs, lr_max, name='head'), Phase('all', epochs, lr_max, factor=factor, sched=sched, name='all')])
 
 # %% ../nbs/18_update.ipynb #d79c5937
 def _old_state(learn:Learner, reg, head:str, n_replay:int, by:str, n_holdout:int, seed:int) -> dict:
@@ -631,7 +641,7 @@ def _joint_classes(old_vocab:list, new_dls) -> tuple[list, Tensor]:
 # %% ../nbs/18_update.ipynb #9aa18797
 class UpdateResult:
     "What an update did: kept or rolled back and why, the gate's table, the drift report, the training history, the versions"
-    def __init__(self, kept:bool, reasons:list, table:pd.DataFrame, drift, history, version, backup, attempt, vocab, seconds): store_attr()
+    def __init__(self, kept:bool, reasons:list, table:pd.DataFrame, drift, history, version, backup, attempt, vocab, seconds, notes=()): store_attr()
     def summary(self) -> str:
         "One line on the outcome, then the gate's reasons"
         a = self.table.loc['all']
@@ -639,7 +649,7 @@ class UpdateResult:
                  (f" to {self.backup}" if self.backup else "") + (f" (the attempt is recorded as {self.attempt})" if self.attempt else ""))
         res = (f"Update {'kept' if self.kept else 'rolled back'}{where}: old data {a.old_before:.1%} -> {a.old_after:.1%}, "
                f"new data {a.new_before:.1%} -> {a.new_after:.1%}.")
-        return res + ''.join(f"\n  - {r}" for r in self.reasons)
+        return res + ''.join(f"\n  - {r}" for r in self.reasons) + ''.join(f"\n  Note: {n}" for n in self.notes)
     def __repr__(self): return self.summary() + "\n" + pct_table(self.table)
 
 def pct_table(t:pd.DataFrame) -> str:
@@ -688,15 +698,15 @@ def _next_sample(old:dict, new_items, new_labels:np.ndarray, n:int, by:str, seed
     new = new_items(idx[idx >= n_pool] - n_pool)
     return new if kept is None or not len(kept) else kept + new
 
-# %% ../nbs/18_update.ipynb #e6e56e72
-def _train(learn:Learner, sch:Schedule, new_dls, lut, old:dict, vocab:list, valid_items:ItemSet, head:str, cbs, seed):
+# %% ../nbs/18_update.ipynb #a60d96ff
+def _train(learn:Learner, sch:Schedule, new_dls, lut, old:dict, vocab:list, valid_items:ItemSet, head:str, cbs, seed, balance:bool):
     "Grow the head, train on the new and the replayed items, validate on the joint set; return the history and the new predictions"
+    if seed is not None: set_seed(seed)  # before the new rows of the head are drawn
     if len(vocab) > len(old['vocab']): grow_head(learn.model, head, len(vocab))
     learn.opt = None
-    if seed is not None: set_seed(seed)
     n_old = len(old['holdout'])
     valid_dl = _loader(valid_items, new_dls.valid, shuffle=False)
-    learn.dls = DataLoaders(_loader(_UpdateDS(new_dls.train, lut, old['pool'], vocab), new_dls.train, shuffle=True), valid_dl,
+    learn.dls = DataLoaders(_loader(_UpdateDS(new_dls.train, lut, old['pool'], vocab, balance), new_dls.train, shuffle=True), valid_dl,
                             path=getattr(learn.dls, 'path', '.'), device=new_dls.device)
     mets = learn.metrics
     learn.metrics = L(mets) + [PartAccuracy(0, n_old, 'old_accuracy'), PartAccuracy(n_old, len(valid_items), 'new_accuracy')]
@@ -731,7 +741,30 @@ def _settle(learn, reg, reasons, t, b, bid, head, old, vocab, lut, ytr, new_dls,
     hold = valid_items.subset(sample_items(valid_items.labels.numpy(), holdout, 'class', seed=seed))
     return reg.commit(learn.model, head, vocab, parent=bid, replay=pool, holdout=hold, data=data, **meta)['id'], None
 
-# %% ../nbs/18_update.ipynb #40d8a4b9
+# %% ../nbs/18_update.ipynb #abe01268
+def _prepare(learn:Learner, new_dls, registry, replay:int, by:str, holdout:int, seed:int) -> tuple:
+    "Check the new data and the registry, then gather the old data, the joint classes and the new training labels among them"
+    first = _check_new(new_dls)
+    reg = _registry(learn, registry)
+    head = reg.index['model']['head'] if reg is not None and reg.index['model'] else find_head(learn.model)
+    if reg is not None: reg.check_model(learn.model, head, tuple(first[0].shape))
+    old = _old_state(learn, reg, head, replay, by, holdout, seed)
+    if tuple(first[0].shape) != old['holdout'].input_shape:
+        raise ValueError(f"The new data's inputs have shape {tuple(first[0].shape)}, but the model was trained on inputs of shape {old['holdout'].input_shape}")
+    vocab,lut = _joint_classes(old['vocab'], new_dls)
+    return reg, head, old, vocab, lut, lut[torch.as_tensor(_labels(new_dls.train.dataset)).long()].numpy()
+
+# %% ../nbs/18_update.ipynb #4958c4d1
+@patch
+def drift_report(self:Learner, new_dls:DataLoaders, # Newly arrived data
+                 registry:ModelRegistry|str|Path|None=None, # As for `update`: the old data come from its current version if that is this model
+                 holdout:int=1000, # Old validation items compared (when they come from `learn.dls`)
+                 seed:int=0) -> DriftReport:
+    "How `new_dls` differ from the data the model was trained on, in its embedding and in the shares of the classes, without training"
+    reg,head,old,vocab,lut,ytr = _prepare(self, new_dls, registry, 0, 'class', holdout, seed)
+    return _drift_report(self, old, new_dls, lut, ytr, vocab, head, seed)
+
+# %% ../nbs/18_update.ipynb #d13576e1
 @patch
 def update(self:Learner, new_dls:DataLoaders, # The newly arrived data: training and validation items
            registry:ModelRegistry|str|Path|None=None, # Registry or its folder (default `learn.path/learn.model_dir/'versions'`); `False`: none
@@ -740,6 +773,7 @@ def update(self:Learner, new_dls:DataLoaders, # The newly arrived data: training
            lr_max:float=1e-2, # Head learning rate of the default schedule
            replay:int=500, # Old training items mixed into training, and kept with the version for the next update
            replay_by:str='class', # How they are chosen: 'class' (balanced) or 'random' (uniform over all data seen)
+           balance:bool=True, # Repeat replayed items so that each old class weighs in an epoch as much as a class of the new data
            holdout:int=1000, # Validation items kept with the version for the gate of the next update
            gate:UpdateGate|None=UpdateGate(), # When the updated model is kept; `None`: always (a naive fine-tune)
            drift:bool=True, # Compare the new data with the old in the model's embedding before training
@@ -752,18 +786,10 @@ def update(self:Learner, new_dls:DataLoaders, # The newly arrived data: training
     if replay_by not in ('class', 'random'): raise ValueError(f"replay_by must be 'class' or 'random', got {replay_by!r}")
     if not isinstance(holdout, (int, np.integer)) or holdout < 1: raise ValueError(f"holdout must be a positive number of items, got {holdout!r}")
     if gate is not None: gate.check_settings()
-    first = _check_new(new_dls)
-    reg = _registry(self, registry)
-    head = reg.index['model']['head'] if reg is not None and reg.index['model'] else find_head(self.model)
-    if reg is not None: reg.check_model(self.model, head, tuple(first[0].shape))
     sch = ifnone(schedule, update_schedule(self.n_groups, epochs, lr_max))
     sch.check(self)
     s0 = ifnone(seed, 0)
-    old = _old_state(self, reg, head, replay, replay_by, holdout, s0)
-    if tuple(first[0].shape) != old['holdout'].input_shape:
-        raise ValueError(f"The new data's inputs have shape {tuple(first[0].shape)}, but the model was trained on inputs of shape {old['holdout'].input_shape}")
-    vocab,lut = _joint_classes(old['vocab'], new_dls)
-    ytr = lut[torch.as_tensor(_labels(new_dls.train.dataset)).long()].numpy()
+    reg,head,old,vocab,lut,ytr = _prepare(self, new_dls, registry, replay, replay_by, holdout, s0)
     valid_items = old['holdout'] + ItemSet.from_dl(new_dls.valid).relabel(lut)
     valid_items.vocab,valid_items.c,n_old = vocab,len(vocab),len(old['holdout'])
     pred0,yv = _predict(self, _loader(valid_items, new_dls.valid, shuffle=False))
@@ -773,15 +799,17 @@ def update(self:Learner, new_dls:DataLoaders, # The newly arrived data: training
     if reg is not None and bid is None:
         bid = reg.commit(self.model, head, old['vocab'], replay=old['pool'], holdout=old['holdout'], data=data0,
                          metrics=dict(old_after=_acc(pred0[:n_old], yv[:n_old])), note='backup before an update')['id']
-    try: hist,pred1 = _train(self, sch, new_dls, lut, old, vocab, valid_items, head, cbs, seed)
+    self.diverged = None  # `DivergenceGuard` says here if it stopped training
+    try: hist,pred1 = _train(self, sch, new_dls, lut, old, vocab, valid_items, head, cbs, seed, balance)
     except BaseException: _restore(self, b, head); raise
+    notes = [f"training was stopped early: {self.diverged}"] if getattr(self, 'diverged', None) else []
     t = gate_table(vocab, yv[:n_old], pred0[:n_old], pred1[:n_old], yv[n_old:], pred0[n_old:], pred1[n_old:])
     reasons = [] if gate is None else gate.reasons(t) + ([] if weights_finite(self.model.state_dict()) else ["the updated weights hold NaN or inf"])
     vid,attempt = _settle(self, reg, reasons, t, b, bid, head, old, vocab, lut, ytr, new_dls, valid_items, sch, rep, gate,
                           note, replay, replay_by, holdout, s0)
-    return UpdateResult(not reasons, reasons, t, rep, hist, ifnone(vid, bid), bid, attempt, vocab, time.time()-t0)
+    return UpdateResult(not reasons, reasons, t, rep, hist, ifnone(vid, bid), bid, attempt, vocab, time.time()-t0, notes)
 
-# %% ../nbs/18_update.ipynb #2273ca77
+# %% ../nbs/18_update.ipynb #d0b5ae3c
 update_steps = ('thick', 'small', 'classes')
 
 class UpdateCLIError(Exception):
@@ -804,7 +832,7 @@ def update_parser(p:argparse.ArgumentParser|None=None) -> argparse.ArgumentParse
     p.add_argument('--quiet', action='store_true', help="no progress bars")
     return p
 
-# %% ../nbs/18_update.ipynb #97ed5069
+# %% ../nbs/18_update.ipynb #7869c284
 def _update_options(a) -> dict:
     "Check every option of `finetune_nb update` before any work; raise an `UpdateCLIError` naming the bad one"
     steps = [s.strip() for s in a.steps.split(',') if s.strip()]
@@ -839,7 +867,7 @@ def _plan(steps:list, digits:list) -> list:
         res.append(digits)
     return res
 
-# %% ../nbs/18_update.ipynb #c18d0830
+# %% ../nbs/18_update.ipynb #c64d4c4e
 def _cli_learner(arch:str, n_out:int, dls, device) -> Learner:
     if arch == 'cnn': model = DigitCNN(n_out)
     else:
@@ -880,7 +908,7 @@ def update_cli(a) -> int:
     print(f"\nRegistry {reg.path}:\n{reg.list().drop(columns=['data']).to_string(float_format=lambda x: f'{x:.3f}')}")
     return 0
 
-# %% ../nbs/18_update.ipynb #59d43c25
+# %% ../nbs/18_update.ipynb #8bd7c51d
 def update_main(argv=None) -> int:
     "`finetune_nb update`: bad options get one line on stderr and exit status 2, before any work"
     p = update_parser()
