@@ -17,12 +17,17 @@ from .cache import *
 from .hardware import *
 from .checkpoints import *
 from .guards import *
+from .adapters import *
 from .finetune import *
+from .presets import *
 from .report import *
 from .picker import *
 from .live import *
 from .distill import *
 from .extension import *
+from .audit import *
+from .cleaner import *
+from .update import *
 
 # %% ../nbs/99_all.ipynb #d325b0e6
 __all__ = [o for o in dir() if not o.startswith('_')]
