@@ -34,6 +34,7 @@ from finetune_nb.all import *
 torch.set_num_threads(1)
 warnings.filterwarnings('ignore')
 TMP = Path(tempfile.mkdtemp())
+VALLEY = None
 
 class Timeline(Callback):
     "Wall seconds since `t0` and validation accuracy after every epoch, across all the fits of a run"
@@ -108,7 +109,7 @@ def minilm_task():
             return self.head((h*m).sum(1) / m.sum(1).clamp(min=1))
     def make(seed, pretrained=True):
         set_seed(seed, reproducible=True)
-        dls = dsets.dataloaders(bs=32, before_batch=partial(pad_input, pad_idx=tok.pad_token_id))
+        dls = dsets.dataloaders(bs=32, num_workers=0, before_batch=partial(pad_input, pad_idx=tok.pad_token_id))
         body = deepcopy(encoder) if pretrained else AutoModel.from_config(AutoConfig.from_pretrained(path), add_pooling_layer=False)
         return Learner(dls, SentenceClassifier(body, len(dls.vocab), tok.pad_token_id), loss_func=CrossEntropyLossFlat(),
                        metrics=accuracy, splitter=AutoSplitter(4), path=TMP)
@@ -117,7 +118,10 @@ def minilm_task():
 # ---- methods: `fn(learn, E)` trains for E epochs in all
 def fastai_ft(lr):
     def fn(l, E):
-        if lr == 'valley': l.lr_used = float(l.lr_find(suggest_funcs=(valley,), show_plot=False).valley)
+        if lr == 'valley' and VALLEY: l.lr_used,l.extra_s = VALLEY  # `--valley LR SECONDS`: lr_find's answer and time from seed 0
+        elif lr == 'valley':
+            t = time.perf_counter(); l.lr_used = float(l.lr_find(suggest_funcs=(valley,), show_plot=False).valley)
+            l.lr_find_s = time.perf_counter()-t
         else: l.lr_used = lr
         l.fine_tune(E-1, base_lr=l.lr_used)
     return fn
@@ -132,6 +136,8 @@ def preset(name):
         else:
             sch = P.auto_schedule(l, epochs=E-2, head_epochs=2, show=False)  # the probes' time is in the wall time
             print(f"  auto: {sch.reason}", flush=True)
+            tl = first(cb for cb in l.cbs if isinstance(cb, Timeline))
+            if tl is not None: tl.points.clear()  # the probes' time counts, their accuracies do not: only the schedule's run
         sch.run(l)
     return fn
 
@@ -146,10 +152,12 @@ def run(make, method, seed, E):
     t0 = time.perf_counter()
     l.add_cb(tl := Timeline(t0))
     with l.no_logging(): METHODS[method](l, E)
-    secs,points = time.perf_counter()-t0,list(tl.points)
+    extra = getattr(l, 'extra_s', 0.)  # the lr_find not repeated here: its time, measured once, is added
+    secs,points = time.perf_counter()-t0+extra,[(t+extra, a) for t,a in tl.points]
     l.remove_cb(tl)
     return dict(method=method, seed=seed, accuracy=float(l.validate()[1]), seconds=secs, epochs=len(points),
-                points=points, lr=getattr(l, 'lr_used', None), cache_builds=getattr(getattr(l, 'feature_cache', None), 'builds', 0))
+                points=points, lr=getattr(l, 'lr_used', None), cache_builds=getattr(getattr(l, 'feature_cache', None), 'builds', 0),
+                lr_find_s=getattr(l, 'lr_find_s', extra or None))
 
 def frozen_head(make, method, seed, epochs=3):
     l = make(seed); l.remove_cb(ProgressCallback)
@@ -189,11 +197,15 @@ if __name__ == '__main__':
     p.add_argument('--methods', nargs='+', default=[m for m in METHODS if m not in ('lp_ft', 'auto')])
     p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     p.add_argument('--full-size', type=int, default=64)
+    p.add_argument('--epochs', type=int, default=None, help="epochs of every method (default: the task's, 6 or 10)")
     p.add_argument('--frozen', action='store_true', help='also time the frozen head phase (3 epochs)')
     p.add_argument('--frozen-seeds', nargs='+', type=int, default=None, help='seeds of the frozen part (default: --seeds)')
+    p.add_argument('--frozen-only', action='store_true', help='only the frozen head phase part')
     p.add_argument('--summarise', nargs='+', default=None, help='only summarise these jsonl files of earlier runs')
+    p.add_argument('--valley', nargs=2, type=float, default=None, help="reuse lr_find's valley LR and its SECONDS (from seed 0) for `fastai valley`")
     p.add_argument('--out', default='benchmarks/beat_fastai_raw.jsonl')
     a = p.parse_args()
+    VALLEY = tuple(a.valley) if a.valley else None
     if a.summarise:
         res = pd.concat([pd.read_json(f, lines=True) for f in a.summarise])
         for task,r in res.groupby('task', sort=False):
@@ -208,18 +220,18 @@ if __name__ == '__main__':
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (a shared machine: wall times are noisy)", flush=True)
     for task in a.tasks:
-        make,E = TASKS[task][0](a),TASKS[task][1]
+        make,E = TASKS[task][0](a),a.epochs or TASKS[task][1]
         rows = []
-        for seed in a.seeds:  # methods interleaved per seed: they share the machine's load alike
+        for seed in ([] if a.frozen_only else a.seeds):  # methods interleaved per seed: they share the machine's load alike
             for m in a.methods:
                 r = run(make, m, seed, E); r['task'] = task; rows.append(r)
                 print(f"{task:12s} {m:15s} seed {seed}: acc {r['accuracy']:.4f} {r['seconds']:6.1f} s"
                       + (f" lr {r['lr']:.2e}" if r['lr'] else '') + f" cache builds {r['cache_builds']}", flush=True)
                 with open(a.out, 'a') as f: f.write(json.dumps(r) + '\n')
-        s = summarise(pd.DataFrame(rows))
-        print(f"\n== {task} ({E} epochs each; anchor: {s.attrs['anchor']}; load average {os.getloadavg()[0]:.1f})")
-        print(s.round(4).to_string(), '\n', flush=True)
-        if a.frozen and task != 'minilm':
+        if rows: s = summarise(pd.DataFrame(rows))
+        if rows: print(f"\n== {task} ({E} epochs each; anchor: {s.attrs['anchor']}; load average {os.getloadavg()[0]:.1f})")
+        if rows: print(s.round(4).to_string(), '\n', flush=True)
+        if (a.frozen or a.frozen_only) and task != 'minilm':
             fr = pd.DataFrame([frozen_head(make, m, s_) for s_ in (a.frozen_seeds or a.seeds) for m in ('fastai freeze()', OURS)])
             fr['task'] = task
             with open(a.out, 'a') as f: f.write(fr.to_json(orient='records', lines=True))
