@@ -886,11 +886,11 @@ def update_cli(a) -> int:
     ch = 3 if a.arch == 'efficientnet_lite0' else 1
     digits = [int(v) for v in reg.latest['vocab']] if reg.latest else list(range(5))
     plan = _plan(o['steps'], digits)
+    set_seed(a.seed)
     dls = digits_stream(digits, part=0, size=a.size, channels=ch, device=o['device'])
     learn = _cli_learner(a.arch, len(digits), dls, o['device'])
     if reg.index['model'] is not None: reg.check_model(learn.model, input_shape=(ch, a.size, a.size))
     quiet = lambda: learn.no_bar() if a.quiet else contextlib.nullcontext()
-    set_seed(a.seed)
     if reg.latest is None:
         print(f"Training the first model ({a.arch}) on the digits 0-4, plain writing: {len(dls.train_ds)} images of {a.size}px", flush=True)
         with quiet(), learn.no_logging(): learn.fit_one_cycle(10, 1e-2); acc = learn.validate()[1]
