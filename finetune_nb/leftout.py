@@ -4,8 +4,8 @@
 
 # %% ../nbs/02b_leftout.ipynb #fb47de52
 from __future__ import annotations
-import copy
 from fastai.basics import *
+import copy  # after fastai's star import, which brings a function called `copy`
 
 # %% auto #0
 __all__ = ['LeftOut']
