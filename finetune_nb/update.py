@@ -120,9 +120,15 @@ def __add__(self:ItemSet, o:ItemSet):
         raise ValueError(f"Cannot join items of shapes {[tuple(x.shape[1:]) for x in self.xs]} and {[tuple(x.shape[1:]) for x in o.xs]}")
     return ItemSet([torch.cat([a, b]) for a,b in zip(self.xs, o.xs)], self.types)
 
-# %% ../nbs/18_update.ipynb #a615879c
+# %% ../nbs/18_update.ipynb #967e0421
 @patch
 def to_dict(self:ItemSet) -> dict: return dict(xs=list(self.xs), types=list(self.types))
+
+_joint_msg = ("learn.dls holds an update's joint data (new and replayed items), which learn.export() cannot keep: the registry keeps "
+              "the model (ModelRegistry.load_into); to export, first give the learner DataLoaders of your own pipeline with the classes learn.dls.vocab")
+
+@patch
+def new_empty(self:ItemSet): raise ValueError(_joint_msg)  # what fastai's `learn.export()` asks of a dataset
 
 @patch(cls_method=True)
 def from_dict(cls:ItemSet, d:dict|None):
@@ -338,6 +344,7 @@ def commit(self:ModelRegistry, model:nn.Module, # The model whose weights become
     self._write_index()
     return self.entry(vid)
 
+# %% ../nbs/18_update.ipynb #656277a4
 @patch
 def record_rejected(self:ModelRegistry, parent:str|None, **meta) -> dict:
     "Note an update the gate rejected, in the lineage and without weights; the current version stays"
@@ -347,7 +354,7 @@ def record_rejected(self:ModelRegistry, parent:str|None, **meta) -> dict:
     self._write_index()
     return self.entry(vid)
 
-# %% ../nbs/18_update.ipynb #23f3c0ac
+# %% ../nbs/18_update.ipynb #6f5f962c
 @patch
 def load(self:ModelRegistry, version:str|None=None) -> dict:
     "The saved state of `version` (default: the current one): `state_dict`, `vocab`, `head`, `replay`, `holdout` and its `entry`"
@@ -363,6 +370,7 @@ def load(self:ModelRegistry, version:str|None=None) -> dict:
     d['replay'],d['holdout'],d['entry'] = ItemSet.from_dict(d['replay']),ItemSet.from_dict(d['holdout']),e
     return d
 
+# %% ../nbs/18_update.ipynb #a45ca39f
 @patch
 def load_into(self:ModelRegistry, model:nn.Module|Learner, version:str|None=None) -> dict:
     "Load `version` (default: the current one) into `model` or a learner's model, growing its classifier if the version has more classes"
@@ -391,7 +399,7 @@ def rollback(self:ModelRegistry, version:str|None=None) -> dict:
     self._write_index()
     return e
 
-# %% ../nbs/18_update.ipynb #ab928399
+# %% ../nbs/18_update.ipynb #26930522
 def _check_item(it, what:str):
     "Raise a clear error unless `it` is an item of tensor inputs and one integer label"
     if not isinstance(it, tuple) or len(it) < 2: raise ValueError(f"{what}: each item must be a tuple of inputs and a label, got {type(it).__name__}")
@@ -406,7 +414,7 @@ def _data_vocab(dls, labels) -> list:
     if v is not None and not isinstance(v, (Tensor, np.ndarray)) and len(v): return [str(o) for o in v]
     return [str(i) for i in range(int(np.max(labels))+1)] if len(labels) else []
 
-# %% ../nbs/18_update.ipynb #3eea6b2b
+# %% ../nbs/18_update.ipynb #bdf1b8cc
 def _balanced(kept:ItemSet, new_labels:np.ndarray) -> np.ndarray:
     "Indices into `kept` that repeat it (cyclically, up to as many items as the new data) until its classes weigh as much as the new data's"
     per_new = len(new_labels)/max(len(np.unique(new_labels)), 1)
@@ -423,6 +431,7 @@ class _UpdateDS:
         self.kept = kept
         self.labels = np.concatenate([new, kept.labels.numpy()[self.kept_idx] if len(self.kept_idx) else np.zeros(0, int)])
     def __len__(self): return len(self.labels)
+    def new_empty(self): raise ValueError(_joint_msg)
     def __getitem__(self, i):
         if i >= self.n_new: return self.kept[int(self.kept_idx[i-self.n_new])]
         it = self.dl.do_item(i)
@@ -434,7 +443,7 @@ def _loader(ds, like:DataLoader, shuffle:bool) -> TfmdDL:
     return TfmdDL(ds, bs=like.bs, shuffle=shuffle, drop_last=shuffle and like.drop_last, num_workers=0, do_setup=False,
                   before_batch=like.before_batch, after_batch=like.after_batch, device=like.device)
 
-# %% ../nbs/18_update.ipynb #0a76e82a
+# %% ../nbs/18_update.ipynb #63b9135d
 class PartAccuracy(Metric):
     "Accuracy on the validation items `start` to `end` (in loader order): one part of a joint validation set"
     def __init__(self, start:int, end:int, name:str): self.start,self.end,self._name = start,end,name
@@ -449,7 +458,7 @@ class PartAccuracy(Metric):
     @property
     def name(self): return self._name
 
-# %% ../nbs/18_update.ipynb #5e16e9b3
+# %% ../nbs/18_update.ipynb #0c688c44
 def _predict(learn:Learner, dl) -> tuple[Tensor, Tensor]:
     "Predicted classes and labels of every item of `dl`, in order (without the loss: the labels may be classes the model lacks yet)"
     m,preds,ys = learn.model,[],[]
@@ -468,7 +477,7 @@ def embeddings(learn:Learner, items, like:DataLoader, head:str) -> Tensor:
     finally: h.remove()
     return torch.cat(feats) if feats else torch.zeros(0)
 
-# %% ../nbs/18_update.ipynb #d7c3c91c
+# %% ../nbs/18_update.ipynb #34bb8aa4
 def holm(ps) -> np.ndarray:
     "Holm's adjustment of the p-values `ps` of several tests, so that a rejection below `alpha` holds for all of them together"
     ps = np.asarray(ps, dtype=float); m = len(ps)
@@ -482,7 +491,7 @@ def _signs(n_a:int, n_b:int, perms:int, rng) -> Tensor:
     s = np.concatenate([np.full(n_a, 1/n_a), np.full(n_b, -1/n_b)])
     return torch.tensor(np.stack([s] + [rng.permutation(s) for _ in range(perms)]), dtype=torch.float32)
 
-# %% ../nbs/18_update.ipynb #7d6cb058
+# %% ../nbs/18_update.ipynb #390533c4
 def drift_stats(a_feats:Tensor, a_labels, # Embeddings and labels of the old items
                 b_feats:Tensor, b_labels, # Embeddings and labels of the new items
                 classes:list, # Class names, indexed by label
@@ -516,7 +525,7 @@ def drift_stats(a_feats:Tensor, a_labels, # Embeddings and labels of the old ite
     cols = ['cls', 'n_old', 'n_new', 'shift', 'mmd2', 'p_value', 'p_holm', 'verdict']
     return pd.DataFrame(rows, columns=cols).set_index('cls'), overall
 
-# %% ../nbs/18_update.ipynb #e61c13f4
+# %% ../nbs/18_update.ipynb #facd4e86
 def label_shift(old_counts, new_counts, classes:list) -> tuple[pd.DataFrame, float]:
     "Share of each class in the old and the new training data, and their total variation distance (0: the same shares, 1: no class in common)"
     o,n = np.zeros(len(classes)),np.zeros(len(classes))
@@ -524,7 +533,7 @@ def label_shift(old_counts, new_counts, classes:list) -> tuple[pd.DataFrame, flo
     po,pn = o/max(o.sum(), 1),n/max(n.sum(), 1)
     return pd.DataFrame(dict(cls=classes, old_share=po, new_share=pn, change=pn-po)).set_index('cls'), float(np.abs(po-pn).sum()/2)
 
-# %% ../nbs/18_update.ipynb #cbdbea81
+# %% ../nbs/18_update.ipynb #e3c3f0ae
 class DriftReport:
     "How new data differ from the data a model was trained on: in the model's embedding, per class, and in the share of each class"
     def __init__(self, table:pd.DataFrame, overall:dict, shares:pd.DataFrame, tv:float): store_attr()
@@ -548,7 +557,7 @@ class DriftReport:
         t = self.table.join(self.shares[['old_share', 'new_share']], how='outer')
         return self.summary() + "\n" + t.to_string(float_format=lambda x: f"{x:.3f}")
 
-# %% ../nbs/18_update.ipynb #fc98cb12
+# %% ../nbs/18_update.ipynb #952a4cf5
 def _acc(pred, y) -> float: return float((pred==y).float().mean()) if len(y) else np.nan
 
 def gate_table(classes:list, # Class names, indexed by label
@@ -565,7 +574,7 @@ def gate_table(classes:list, # Class names, indexed by label
                      n_new=len(new_y), new_before=_acc(new_before, new_y), new_after=_acc(new_after, new_y)))
     return pd.DataFrame(rows).set_index('cls')
 
-# %% ../nbs/18_update.ipynb #80500816
+# %% ../nbs/18_update.ipynb #a0269d29
 @dataclass(frozen=True)
 class UpdateGate:
     "When an updated model is kept: old-data accuracy holds, overall and per class, and new-data accuracy improves"
@@ -592,9 +601,8 @@ class UpdateGate:
             res.append(f"new-data accuracy did not improve" + (f" by more than {self.min_gain:.1%}" if self.min_gain else "") + f": {a.new_before:.1%} -> {a.new_after:.1%}")
         return res
 
-# %% ../nbs/18_update.ipynb #276c5e3a
-def update_schedule(n_groups:int, # Layer groups of the learner
-                    epochs:int=3, # Epochs with every group training
+# %% ../nbs/18_update.ipynb #db5d782e
+def update_schedule(epochs:int=3, # Epochs with every group training
                     lr_max:float=1e-2, # Learning rate of the head (the groups below get ULMFiT's lower rates)
                     head_epochs:int=1, # Epochs of the head alone, first
                     factor:float=2.6, # ULMFiT's ratio between neighbouring groups
@@ -602,7 +610,7 @@ def update_schedule(n_groups:int, # Layer groups of the learner
     "An update's schedule: the head alone, then every group at discriminative rates"
     return Schedule([Phase(1, head_epochs, lr_max, name='head'), Phase('all', epochs, lr_max, factor=factor, sched=sched, name='all')])
 
-# %% ../nbs/18_update.ipynb #d79c5937
+# %% ../nbs/18_update.ipynb #a8cee72f
 def _old_state(learn:Learner, reg, head:str, n_replay:int, by:str, n_holdout:int, seed:int) -> dict:
     "What the model knows: its classes, a replay sample and validation items of its data, and their record, from its version or from `learn.dls`"
     if reg is not None and reg.current is not None and reg.latest['weights'] == weights_fingerprint(learn.model.state_dict()):
@@ -620,7 +628,7 @@ def _old_state(learn:Learner, reg, head:str, n_replay:int, by:str, n_holdout:int
                 version=None, fingerprint=data_fingerprint(dls.train.dataset), n_train=len(ytr), n_valid=len(yva),
                 n_seen=len(ytr), class_counts=np.bincount(ytr, minlength=n_out).tolist())
 
-# %% ../nbs/18_update.ipynb #07b75efd
+# %% ../nbs/18_update.ipynb #86e9bb6a
 def _check_new(new_dls) -> tuple:
     "The first training item of `new_dls`, after checking that it has training and validation items of the right kind"
     if not isinstance(new_dls, DataLoaders) or len(new_dls.loaders) < 2:
@@ -638,7 +646,7 @@ def _joint_classes(old_vocab:list, new_dls) -> tuple[list, Tensor]:
     vocab = old_vocab + [n for i,n in enumerate(names) if i in present and n not in old_vocab]
     return vocab, torch.tensor([vocab.index(n) if i in present else -1 for i,n in enumerate(names)])
 
-# %% ../nbs/18_update.ipynb #9aa18797
+# %% ../nbs/18_update.ipynb #8f2da565
 class UpdateResult:
     "What an update did: kept or rolled back and why, the gate's table, the drift report, the training history, the versions"
     def __init__(self, kept:bool, reasons:list, table:pd.DataFrame, drift, history, version, backup, attempt, vocab, seconds, notes=()): store_attr()
@@ -659,7 +667,7 @@ def pct_table(t:pd.DataFrame) -> str:
         if c.startswith(('old_', 'new_')): t[c] = t[c].map(lambda v: '' if pd.isna(v) else f"{v:.1%}")
     return t.to_string()
 
-# %% ../nbs/18_update.ipynb #cb95f63f
+# %% ../nbs/18_update.ipynb #6619a8cc
 def _registry(learn:Learner, registry) -> ModelRegistry|None:
     if registry is False: return None
     if isinstance(registry, ModelRegistry): return registry
@@ -685,7 +693,7 @@ def _same_weights(model:nn.Module, sd:dict) -> bool:
     own = model.state_dict()
     return own.keys() == sd.keys() and all(torch.equal(own[k], sd[k]) for k in sd)
 
-# %% ../nbs/18_update.ipynb #2857bf7c
+# %% ../nbs/18_update.ipynb #decdf0d5
 def _next_sample(old:dict, new_items, new_labels:np.ndarray, n:int, by:str, seed:int) -> ItemSet|None:
     "`n` of the old replay sample and the new training items (`new_items(idxs)` gives them)"
     pool = old['pool']
@@ -698,7 +706,7 @@ def _next_sample(old:dict, new_items, new_labels:np.ndarray, n:int, by:str, seed
     new = new_items(idx[idx >= n_pool] - n_pool)
     return new if kept is None or not len(kept) else kept + new
 
-# %% ../nbs/18_update.ipynb #a60d96ff
+# %% ../nbs/18_update.ipynb #538af3b6
 def _train(learn:Learner, sch:Schedule, new_dls, lut, old:dict, vocab:list, valid_items:ItemSet, head:str, cbs, seed, balance:bool):
     "Grow the head, train on the new and the replayed items, validate on the joint set; return the history and the new predictions"
     if seed is not None: set_seed(seed)  # before the new rows of the head are drawn
@@ -714,7 +722,7 @@ def _train(learn:Learner, sch:Schedule, new_dls, lut, old:dict, vocab:list, vali
     finally: learn.metrics = mets
     return hist, _predict(learn, valid_dl)[0]
 
-# %% ../nbs/18_update.ipynb #58c0e890
+# %% ../nbs/18_update.ipynb #edc01d8b
 def _drift_report(learn, old, new_dls, lut, ytr, vocab, head, seed) -> DriftReport:
     "Drift of the new training items from the old validation items, in `learn.model`'s embedding, and the label shift"
     new_items = ItemSet.from_dl(new_dls.train, sample_items(ytr, 500, 'class', seed=seed)).relabel(lut)
@@ -741,7 +749,7 @@ def _settle(learn, reg, reasons, t, b, bid, head, old, vocab, lut, ytr, new_dls,
     hold = valid_items.subset(sample_items(valid_items.labels.numpy(), holdout, 'class', seed=seed))
     return reg.commit(learn.model, head, vocab, parent=bid, replay=pool, holdout=hold, data=data, **meta)['id'], None
 
-# %% ../nbs/18_update.ipynb #abe01268
+# %% ../nbs/18_update.ipynb #8e887b39
 def _prepare(learn:Learner, new_dls, registry, replay:int, by:str, holdout:int, seed:int) -> tuple:
     "Check the new data and the registry, then gather the old data, the joint classes and the new training labels among them"
     first = _check_new(new_dls)
@@ -754,7 +762,7 @@ def _prepare(learn:Learner, new_dls, registry, replay:int, by:str, holdout:int, 
     vocab,lut = _joint_classes(old['vocab'], new_dls)
     return reg, head, old, vocab, lut, lut[torch.as_tensor(_labels(new_dls.train.dataset)).long()].numpy()
 
-# %% ../nbs/18_update.ipynb #4958c4d1
+# %% ../nbs/18_update.ipynb #65ddf00a
 @patch
 def drift_report(self:Learner, new_dls:DataLoaders, # Newly arrived data
                  registry:ModelRegistry|str|Path|None=None, # As for `update`: the old data come from its current version if that is this model
@@ -764,11 +772,11 @@ def drift_report(self:Learner, new_dls:DataLoaders, # Newly arrived data
     reg,head,old,vocab,lut,ytr = _prepare(self, new_dls, registry, 0, 'class', holdout, seed)
     return _drift_report(self, old, new_dls, lut, ytr, vocab, head, seed)
 
-# %% ../nbs/18_update.ipynb #d13576e1
+# %% ../nbs/18_update.ipynb #200d5adc
 @patch
 def update(self:Learner, new_dls:DataLoaders, # The newly arrived data: training and validation items
            registry:ModelRegistry|str|Path|None=None, # Registry or its folder (default `learn.path/learn.model_dir/'versions'`); `False`: none
-           schedule:Schedule|None=None, # How to train (default: `update_schedule(learn.n_groups, epochs, lr_max)`)
+           schedule:Schedule|None=None, # How to train (default: `update_schedule(epochs, lr_max)`)
            epochs:int=3, # Epochs of the default schedule with every group training
            lr_max:float=1e-2, # Head learning rate of the default schedule
            replay:int=500, # Old training items mixed into training, and kept with the version for the next update
@@ -781,12 +789,12 @@ def update(self:Learner, new_dls:DataLoaders, # The newly arrived data: training
            note:str='', # Recorded with the version
            seed:int|None=None) -> UpdateResult: # Seed of the samples and of training
     "Train on newly arrived data: back up, replay old data, grow the head for new classes, and keep the result only if the gate passes"
-    t0,opt0 = time.time(),self.opt  # `n_groups` below makes an optimiser if there is none
+    t0,opt0 = time.time(),self.opt  # checking the schedule makes an optimiser if there is none
     if not isinstance(replay, (int, np.integer)) or replay < 0: raise ValueError(f"replay must be a number of items (0 or more), got {replay!r}")
     if replay_by not in ('class', 'random'): raise ValueError(f"replay_by must be 'class' or 'random', got {replay_by!r}")
     if not isinstance(holdout, (int, np.integer)) or holdout < 1: raise ValueError(f"holdout must be a positive number of items, got {holdout!r}")
     if gate is not None: gate.check_settings()
-    sch = ifnone(schedule, update_schedule(self.n_groups, epochs, lr_max))
+    sch = ifnone(schedule, update_schedule(epochs, lr_max))
     sch.check(self)
     s0 = ifnone(seed, 0)
     reg,head,old,vocab,lut,ytr = _prepare(self, new_dls, registry, replay, replay_by, holdout, s0)
@@ -809,7 +817,7 @@ def update(self:Learner, new_dls:DataLoaders, # The newly arrived data: training
                           note, replay, replay_by, holdout, s0)
     return UpdateResult(not reasons, reasons, t, rep, hist, ifnone(vid, bid), bid, attempt, vocab, time.time()-t0, notes)
 
-# %% ../nbs/18_update.ipynb #d0b5ae3c
+# %% ../nbs/18_update.ipynb #d5b63ca5
 update_steps = ('thick', 'small', 'classes')
 
 class UpdateCLIError(Exception):
@@ -832,7 +840,7 @@ def update_parser(p:argparse.ArgumentParser|None=None) -> argparse.ArgumentParse
     p.add_argument('--quiet', action='store_true', help="no progress bars")
     return p
 
-# %% ../nbs/18_update.ipynb #7869c284
+# %% ../nbs/18_update.ipynb #c010372f
 def _update_options(a) -> dict:
     "Check every option of `finetune_nb update` before any work; raise an `UpdateCLIError` naming the bad one"
     steps = [s.strip() for s in a.steps.split(',') if s.strip()]
@@ -867,7 +875,7 @@ def _plan(steps:list, digits:list) -> list:
         res.append(digits)
     return res
 
-# %% ../nbs/18_update.ipynb #c64d4c4e
+# %% ../nbs/18_update.ipynb #4a767505
 def _cli_learner(arch:str, n_out:int, dls, device) -> Learner:
     if arch == 'cnn': model = DigitCNN(n_out)
     else:
@@ -908,7 +916,7 @@ def update_cli(a) -> int:
     print(f"\nRegistry {reg.path}:\n{reg.list().drop(columns=['data']).to_string(float_format=lambda x: f'{x:.3f}')}")
     return 0
 
-# %% ../nbs/18_update.ipynb #8bd7c51d
+# %% ../nbs/18_update.ipynb #19e0da5e
 def update_main(argv=None) -> int:
     "`finetune_nb update`: bad options get one line on stderr and exit status 2, before any work"
     p = update_parser()
