@@ -5,7 +5,7 @@ from torch import nn
 from fastai.vision.all import Learner, CrossEntropyLossFlat, vision_learner, resnet18, set_seed, norm_bias_params
 from finetune_nb.test_utils import synth_dls
 torch.set_num_threads(1)
-from finetune_nb.all import auto_splitter, check_groups, discriminative_lrs, GroupRecorder
+from finetune_nb.all import auto_splitter, AutoSplitter, check_groups, discriminative_lrs, GroupRecorder
 
 class Net(nn.Module):
     def __init__(self, n_out=3):
