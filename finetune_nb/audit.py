@@ -157,7 +157,7 @@ class ItemFeatures:
     def __repr__(self):
         return f"ItemFeatures of {len(self)} items ({(self.split=='train').sum()} train): " + ', '.join(f"{k} {v.shape[1]}" for k,v in self.units.items()) + f"; grid {self.grid.shape[1]}"
 
-# %% ../nbs/17_audit.ipynb #88f53e9c
+# %% ../nbs/17_audit.ipynb #1cd80cde
 def prefix_features(learn:Learner, # A classifier learner with training and validation data
                     bs:int|None=None, # Batch size of the pass (default: the `DataLoaders`')
                     grid:int=4, # Side of the grid the first group's output is pooled to
@@ -174,6 +174,7 @@ def prefix_features(learn:Learner, # A classifier learner with training and vali
     if body: hooks.append(model.get_submodule(body[0]).register_forward_hook(lambda m,a,o: record('grid', o, grid)))
     hooks.append(model.get_submodule(head).register_forward_pre_hook(at_head))
     modes,ys,split,idx,n_in = {m: m.training for m in model.modules()},[],[],[],0
+    dev = next(model.parameters()).device
     try:
         model.eval()
         with torch.no_grad(), _rng_kept():
@@ -181,7 +182,7 @@ def prefix_features(learn:Learner, # A classifier learner with training and vali
                 n_before = n_in
                 for b in _in_order(dl, bs):
                     if len(b) <= learn.dls.n_inp: raise ValueError("The data has no labels: an audit needs labelled items")
-                    try: model(*b[:learn.dls.n_inp])
+                    try: model(*to_device(b[:learn.dls.n_inp], dev))
                     except _Stop: pass
                     ys.append(b[learn.dls.n_inp].cpu().as_subclass(Tensor)); n_in += len(ys[-1])
                 split += [name]*(n_in-n_before); idx.append(np.arange(n_in-n_before))
@@ -478,12 +479,28 @@ def html(self:DataAudit, full:bool=True, max_rows:int=20) -> str:
 @patch
 def _repr_html_(self:DataAudit): return self.html(full=False, max_rows=8)
 
-# %% ../nbs/17_audit.ipynb #182575ff
+# %% ../nbs/17_audit.ipynb #caaea069
 def _vocab(dls) -> list:
     "Class names of `dls` (the last vocabulary, for data with several), or `None`"
     v = getattr(dls, 'vocab', None)
     if v is not None and is_listy(v) and len(v) and is_listy(v[-1]): v = v[-1]
     return list(v) if v is not None else None
+
+def _labels_of(ds, n_inp:int=1) -> list:
+    "Class index of every item of `ds`, without loading the inputs where `ds` is a fastai `Datasets`"
+    tls = getattr(ds, 'tls', None)
+    if tls is not None and len(tls) > n_inp: return [int(tls[n_inp][i]) for i in range(len(ds))]
+    return [int(ds[i][n_inp]) for i in range(len(ds))]
+
+def _classes(dls, labels=None) -> list:
+    "Class names of `dls`: its vocabulary, else `range(dls.c)`, else `range` of the largest label plus one"
+    v = _vocab(dls)
+    if v is not None: return v
+    c = getattr(dls, 'c', None)
+    if not c:
+        ys = labels if labels is not None else [y for dl in dls.loaders[:2] for y in _labels_of(dl.dataset, dls.n_inp)]
+        c = int(max(ys)) + 1 if len(ys) else 0
+    return list(range(c))
 
 def _item_names(dl) -> list:
     "A name for each item of `dl`'s dataset: its file or item where the dataset has `items`, else its position"
@@ -500,7 +517,7 @@ def _check_audit(learn:Learner, folds:int, n_units:int):
     c = getattr(learn.dls, 'c', None)
     if c is not None and c < 2: raise ValueError(f"An audit needs at least 2 classes, the data has {c}")
 
-# %% ../nbs/17_audit.ipynb #b7450faa
+# %% ../nbs/17_audit.ipynb #14b5e82a
 def audit_data(learn:Learner, # A classifier learner (pretrained body) with its training and validation data
                folds:int=5, # Folds of the out-of-sample probabilities
                n_units:int=3, # At most this many layer groups give the features (`select_units`)
@@ -517,8 +534,8 @@ def audit_data(learn:Learner, # A classifier learner (pretrained body) with its 
     times,t0 = {},time.perf_counter()
     f = prefix_features(learn, bs)
     times['forward pass'],t = time.perf_counter()-t0,time.perf_counter()
-    c = max(int(f.labels.max())+1, getattr(learn.dls, 'c', 0) or 0)
-    vocab = ifnone(_vocab(learn.dls), list(range(c)))
+    vocab = _classes(learn.dls, f.labels.tolist())
+    c = max(len(vocab), int(f.labels.max())+1)
     if units is None: units = select_units(f.units, f.labels, c, n_units, seed=seed) if len(f.units) > 1 else list(f.units)
     elif bad := [u for u in units if u not in f.units]: raise ValueError(f"Unknown feature group(s) {bad}; the model has {list(f.units)}")
     x = torch.cat([_standardize(f.units[u]) for u in units], 1)
@@ -642,13 +659,13 @@ class FixedDataset:
         return getattr(self.ds, k)  # decode, vocab, n_inp, split_idx...: the original dataset's
     def __repr__(self): return f"FixedDataset: {len(self)} of {len(self.ds)} items, {len(self.labels)} relabelled"
 
-# %% ../nbs/17_audit.ipynb #8ca424da
+# %% ../nbs/17_audit.ipynb #e9583669
 def apply_fixes(dls:DataLoaders, # The data the audit was made on
                 fixes:pd.DataFrame, # A fixes table (`DataAudit.suggest_fixes`, the cleaner's decisions, or your own)
                ) -> DataLoaders:
     "New `DataLoaders` with the `fixes` applied (items removed, labels changed), every transform as in `dls`"
     dl_s = dict(zip(('train', 'valid'), dls.loaders[:2]))
-    vocab = ifnone(_vocab(dls), list(range(getattr(dls, 'c', 0) or 0)))
+    vocab = _classes(dls)
     fx = check_fixes(fixes, vocab, {s: len(dl.dataset) for s,dl in dl_s.items()})
     cls = {str(v):i for i,v in enumerate(vocab)}
     new = []
@@ -717,13 +734,7 @@ def _audit_options(argv) -> tuple:
     except OSError as e: raise AuditError(f"--out {out}: cannot write there ({e.strerror or e})") from None
     return a, out
 
-# %% ../nbs/17_audit.ipynb #abde11b4
-def _labels_of(ds, n_inp:int=1) -> list:
-    "Class index of every item of `ds`, without loading the inputs where `ds` is a fastai `Datasets`"
-    tls = getattr(ds, 'tls', None)
-    if tls is not None and len(tls) > n_inp: return [int(tls[n_inp][i]) for i in range(len(ds))]
-    return [int(ds[i][n_inp]) for i in range(len(ds))]
-
+# %% ../nbs/17_audit.ipynb #de168182
 def _noisy(dls:DataLoaders, noise:float, seed:int) -> tuple:
     "`dls` with `noise` of its labels changed at seeded positions (both splits), and the changed items (split, idx)"
     ys = [y for dl in dls.loaders[:2] for y in _labels_of(dl.dataset, dls.n_inp)]
