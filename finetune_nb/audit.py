@@ -364,7 +364,7 @@ def class_balance(labels:Tensor, split:np.ndarray, vocab:list) -> pd.DataFrame:
     for s in ('train', 'valid'): df[f'{s}_share'] = df[s] / max(df[s].sum(), 1)
     return df
 
-# %% ../nbs/17_audit.ipynb #99cc7ad2
+# %% ../nbs/17_audit.ipynb #4f8e6bb4
 class DataAudit:
     "What an audit of a learner's training and validation data found: label issues, near-duplicates, leaks, outliers, class balance"
     def __init__(self, scores:pd.DataFrame, # Every item ranked by label quality (`label_issue_table`)
@@ -382,7 +382,7 @@ class DataAudit:
 
     @property
     def label_issues(self) -> pd.DataFrame:
-        "The items cleanlab flags, most suspicious first"
+        "The flagged items (`label_issue_table`), most suspicious first"
         return self.scores[self.scores.flagged].reset_index(drop=True)
 
     @property
@@ -394,7 +394,7 @@ class DataAudit:
         small = b.train.idxmin() if len(b) else ''
         li = self.label_issues
         return [f"DataAudit of {n['train']} training and {n['valid']} validation items, {len(self.vocab)} classes",
-                f"label issues: {len(li)} flagged by cleanlab ({(li.split=='train').sum()} train, {(li.split=='valid').sum()} valid)",
+                f"label issues: {len(li)} flagged ({(li.split=='train').sum()} train, {(li.split=='valid').sum()} valid) by cleanlab or as clear mispredictions",
                 f"near-duplicates in training: {len(self.duplicates)} pairs; leaks between training and validation: {len(self.leaks)} pairs",
                 f"outliers: {len(self.outliers)}; smallest class in training: {small!r} ({b.train.min() if len(b) else 0} items)"]
 
