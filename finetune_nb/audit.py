@@ -289,7 +289,7 @@ def select_units(units:dict, # name -> features (items, features)
         sel.append(u); best = joint[u]
     return sel
 
-# %% ../nbs/17_audit.ipynb #7dfc97bf
+# %% ../nbs/17_audit.ipynb #495ec5cb
 def label_issue_table(probs:Tensor, # Out-of-sample class probabilities (items, classes)
                       labels:Tensor, # Given class index of each item
                       split:np.ndarray, # 'train' or 'valid', for each item
@@ -299,8 +299,10 @@ def label_issue_table(probs:Tensor, # Out-of-sample class probabilities (items, 
                       p_low:float=0.05, # Also flag items predicted as another class whose label is less probable than this
                      ) -> pd.DataFrame:
     "Every item ranked by cleanlab's label quality score (self-confidence), lowest first, with the suggested label and whether cleanlab flags it"
-    from cleanlab.filter import find_label_issues  # cleanlab takes seconds to import: only when an audit runs
-    from cleanlab.rank import get_label_quality_scores
+    try:  # cleanlab takes seconds to import: only when an audit runs
+        from cleanlab.filter import find_label_issues
+        from cleanlab.rank import get_label_quality_scores
+    except ImportError as e: raise ImportError(f"The data audit ranks labels with cleanlab, which is not installed ({e}): pip install 'finetune_nb[audit]'") from None
     p,y = probs.numpy().astype(np.float64),labels.numpy()
     p = p / p.sum(1, keepdims=True)
     names = np.array([str(v) for v in vocab], dtype=object)
@@ -716,7 +718,7 @@ def image_folder_problem(path:str|Path) -> str|None:
     if bad: return f"--data {path}: {len(bad)} image{'s' if len(bad) > 1 else ''} cannot be read, e.g. {bad[0]}"
     return None
 
-# %% ../nbs/17_audit.ipynb #1aecb1f6
+# %% ../nbs/17_audit.ipynb #4006cabe
 def _audit_options(argv) -> tuple:
     "Parsed and checked options of `finetune_nb audit`: an `AuditError` before any work"
     a = _audit_parser().parse_args(argv)
@@ -726,6 +728,8 @@ def _audit_options(argv) -> tuple:
     if a.size < 16: raise AuditError(f"--size must be at least 16 pixels, got {a.size}")
     if a.folds < 2: raise AuditError(f"--folds must be at least 2, got {a.folds}")
     if not 0 < a.valid_pct < 1: raise AuditError(f"--valid-pct must be between 0 and 1, got {a.valid_pct}")
+    import importlib.util
+    if importlib.util.find_spec('cleanlab') is None: raise AuditError("the audit needs cleanlab: pip install 'finetune_nb[audit]'")
     if a.data is not None and (msg := image_folder_problem(a.data)): raise AuditError(msg)
     out = Path(a.out)
     try:
