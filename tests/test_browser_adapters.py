@@ -1,7 +1,7 @@
 """Browser test of adapters in the layer picker (#15): in JupyterLab, a group is switched to LoRA in `LayerPicker`'s
 dropdown, Apply is clicked, and the kernel's model has LoRA adapters on that group's layers, its own weights frozen, and
 exactly the planned number of trainable weights. The harness (JupyterLab on a free port, Debian's Chromium driven by
-Playwright, cell-by-cell runs, screenshots in `test_artifacts/`) is a copy of `tests/test_browser.py`'s.
+Playwright, cell-by-cell runs, screenshots in `test_artifacts/`) comes from `tests/test_browser.py`, whose helpers it imports.
 
 Needs: `bash tests/install_browser.sh` (Chromium from apt) and the `playwright` pip package (dev requirements).
 It fails, never skips, when either is missing."""
@@ -21,20 +21,11 @@ ARTIFACTS = REPO/'test_artifacts'
 CHROMIUM = '/usr/bin/chromium'
 INSTALL_HINT = 'run `bash tests/install_browser.sh` (and `pip install playwright`, a dev requirement)'
 
+from test_browser import (_require_browser, _free_port, _write_json, cell, prompt, accept_kernel_dialog, run_cell, start_cell,
+                          wait_cell, output_text, tagged, no_widget_errors, wait_for, kernel_idle)  # the shared harness
+
 # Code cells of the notebook, by their index among all cells (cell 0 is markdown)
 SETUP, PICKER, GRAD = 1, 2, 3
-
-def _require_browser():
-    "Fail (never skip) when Chromium or Playwright is missing"
-    if _PW_ERROR is not None: pytest.fail(f"The Python package playwright is missing ({_PW_ERROR}): {INSTALL_HINT}", pytrace=False)
-    if not os.path.exists(CHROMIUM): pytest.fail(f"{CHROMIUM} is missing: {INSTALL_HINT}", pytrace=False)
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
-
-def _write_json(path:Path, d:dict):
-    path.parent.mkdir(parents=True, exist_ok=True); path.write_text(json.dumps(d))
 
 @pytest.fixture(scope='module')
 def artifacts() -> Path:
@@ -121,78 +112,6 @@ def shot(page, artifacts:Path, name:str, cell=None):
     page.screenshot(path=str(artifacts/f'browser_adapters_{name}.png'), full_page=True)
     if cell is not None: cell.screenshot(path=str(artifacts/f'browser_adapters_{name}_cell.png'))
 
-def cell(page, i:int): return page.locator('.jp-NotebookPanel .jp-Notebook .jp-Cell').nth(i)
-
-def prompt(page, i:int) -> str: return cell(page, i).locator('.jp-InputPrompt').first.inner_text().strip()
-
-def accept_kernel_dialog(page):
-    "Click 'Select' if JupyterLab asks which kernel to use"
-    dlg = page.locator('.jp-Dialog')
-    if dlg.count() and 'kernel' in dlg.first.inner_text().lower():
-        dlg.locator('button.jp-mod-accept').first.click()
-
-def run_cell(page, i:int, timeout:float=120) -> str:
-    "Select cell `i`, run it (Ctrl+Enter: run without advancing), wait until it ends; return its output text"
-    return wait_cell(page, i, start_cell(page, i), timeout)
-
-def start_cell(page, i:int) -> str:
-    "Select cell `i` and run it (Ctrl+Enter), returning at once; gives the prompt it had before, for `wait_cell`"
-    before = prompt(page, i)
-    c = cell(page, i)
-    c.scroll_into_view_if_needed()
-    c.locator('.jp-InputPrompt').first.click()
-    expect(c).to_have_class(re.compile(r'\bjp-mod-active\b'), timeout=10_000)
-    page.keyboard.press('Control+Enter')
-    # The prompt shows [*] (or a new number) as soon as JupyterLab takes the request; a key press lost while the
-    # page is busy (slow machine) leaves '[ ]' or the old number: press again (it is safe, nothing was queued)
-    for _ in range(3):
-        try: wait_for(lambda: prompt(page, i) != before, 15, f'cell {i} to start'); break
-        except AssertionError:
-            accept_kernel_dialog(page)
-            c.locator('.jp-InputPrompt').first.click()
-            page.keyboard.press('Control+Enter')
-    return before
-
-def wait_cell(page, i:int, before:str, timeout:float=120) -> str:
-    "Wait until cell `i` (whose prompt was `before`) has run; fail on an error in its output; return its output text"
-    c = cell(page, i)
-    deadline = time.time() + timeout
-    while True:
-        accept_kernel_dialog(page)
-        p = prompt(page, i)
-        if re.fullmatch(r'\[\d+\]:', p) and p != before: break
-        if time.time() > deadline:
-            raise AssertionError(f"cell {i} did not finish in {timeout} s (prompt {p!r}); output so far:\n{output_text(page, i)}")
-        time.sleep(0.25)
-    errors = c.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.error"]')
-    assert errors.count() == 0, f"cell {i} raised:\n{errors.first.inner_text()}"
-    return output_text(page, i)
-
-def output_text(page, i:int) -> str:
-    outs = cell(page, i).locator('.jp-OutputArea-output')
-    return '\n'.join(outs.nth(k).inner_text() for k in range(outs.count()))
-
-def tagged(page, i:int, tag:str, timeout:float=10) -> dict:
-    "The JSON that cell `i` printed after `tag` (waiting a little for the output to render)"
-    pat,deadline = re.compile(rf'^{tag} (\{{.*\}})\s*$', re.M),time.time()+timeout
-    while not (m := pat.search(text := output_text(page, i))):
-        if time.time() > deadline: raise AssertionError(f"no '{tag} {{...}}' line in the output of cell {i}:\n{text}")
-        time.sleep(0.25)
-    return json.loads(m.group(1))
-
-def no_widget_errors(page):
-    body = page.locator('body').inner_text()
-    assert 'Error displaying widget' not in body, "a widget failed to render: 'Error displaying widget' on the page"
-
-
-def wait_for(pred, timeout:float, what:str, info=lambda: ''):
-    deadline = time.time() + timeout
-    while not pred():
-        if time.time() > deadline: raise AssertionError(f"timed out after {timeout} s waiting for {what}. {info()}")
-        time.sleep(0.25)
-
-# --- the tests ------------------------------------------------------------------------------------------------------
-
 def test_browser_tools_installed():
     "Chromium and Playwright are there (a clear failure, not a skip, where they are not)"
     _require_browser()
@@ -203,10 +122,6 @@ def test_picker_lora_in_jupyterlab(page, artifacts):
         try: page.screenshot(path=str(artifacts/'browser_adapters_failure.png'), full_page=True)
         except Exception: pass
         raise
-
-def kernel_idle(page) -> bool:
-    accept_kernel_dialog(page)
-    return page.locator('.jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status="idle"]').count() > 0
 
 def check_picker_lora(page, artifacts):
     page.locator('.jp-NotebookPanel .jp-Cell').nth(GRAD).wait_for(state='attached', timeout=60_000)
