@@ -17,6 +17,7 @@ Methods:
   - `ftp <policy>`: `fine_tune_progressive` with its defaults (lr_max 2e-3, one epoch per stage) and that BatchNorm
     policy; `ftp@1e-2 <policy>` at lr_max=1e-2 (the demo's rate);
   - presets of `finetune_nb.presets` where that module exists: `lp_ft`, `auto`;
+  - `demo`: what `finetune_nb demo` runs by default (lr_max 1e-2, 'adapt', channels-last memory format);
   - `scratch`: the same architecture from random weights, `fit_one_cycle(E, 1e-2)`.
 The anchor of a task is the better (by mean accuracy) of the two fastai runs. "to anchor" is the wall time until a
 method's validation accuracy first reaches the anchor's final accuracy of the same seed (NaN: never), over the
@@ -128,6 +129,10 @@ def fastai_ft(lr):
 def ftp(policy, lr=2e-3):
     def fn(l, E): l.fine_tune_progressive(E-(l.n_groups-1), lr_max=lr, bn_policy=policy)
     return fn
+def demo(l, E):
+    "What `finetune_nb demo` runs by default: lr_max 1e-2, the 'adapt' policy, channels-last"
+    from fastai.callback.channelslast import ChannelsLast
+    l.add_cb(ChannelsLast()); l.fine_tune_progressive(E-(l.n_groups-1), lr_max=1e-2, bn_policy='adapt')
 def scratch(l, E): l.fit_one_cycle(E, 1e-2)
 def preset(name):
     def fn(l, E):
@@ -144,7 +149,7 @@ def preset(name):
 METHODS = {'fastai 2e-3': fastai_ft(2e-3), 'fastai valley': fastai_ft('valley'),
            'ftp train': ftp('train'), 'ftp frozen': ftp('frozen'), 'ftp adapt': ftp('adapt'),
            'ftp@1e-2 train': ftp('train', 1e-2), 'ftp@1e-2 adapt': ftp('adapt', 1e-2),
-           'lp_ft': preset('lp_ft'), 'auto': preset('auto'), 'scratch': scratch}
+           'lp_ft': preset('lp_ft'), 'auto': preset('auto'), 'demo': demo, 'scratch': scratch}
 
 def run(make, method, seed, E):
     l = make(seed, pretrained=method != 'scratch')
@@ -194,7 +199,7 @@ TASKS = {'digits20': (lambda a: digits_task(32, 20), 6), 'own': (lambda a: own_t
 if __name__ == '__main__':
     p = argparse.ArgumentParser()
     p.add_argument('--tasks', nargs='+', default=list(TASKS))
-    p.add_argument('--methods', nargs='+', default=[m for m in METHODS if m not in ('lp_ft', 'auto')])
+    p.add_argument('--methods', nargs='+', default=[m for m in METHODS if m not in ('lp_ft', 'auto', 'demo')])
     p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     p.add_argument('--full-size', type=int, default=64)
     p.add_argument('--epochs', type=int, default=None, help="epochs of every method (default: the task's, 6 or 10)")

@@ -11,7 +11,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 # %% auto #0
 __all__ = ['auto_splitter', 'bn_policies', 'span_name', 'layer_groups', 'check_groups', 'AutoSplitter', 'layer_group_names',
-           'resolve_groups']
+           'resolve_groups', 'fast_layout']
 
 # %% ../nbs/02_groups.ipynb #2b63b248
 def _has_params(m:nn.Module): return next(m.parameters(), None) is not None
@@ -247,7 +247,7 @@ def _shared(model:nn.Module) -> dict:
 
 @patch
 def group_table(self:Learner) -> pd.DataFrame:
-    "One row per parameter group: name, parameter counts, trainable state, norm layers, parameters the user froze, tied weights and learning rate"
+    "One row per parameter group: name, parameter counts, trainable state, norm layers, parameters the user froze, tied weights, learning rate and policy"
     uf,shared = _note_user_frozen(self),_shared(self.model)
     norm_ids = set(map(id, norm_bias_params(self.model, with_bias=False)))
     rows = [dict(group=i, name=n, params=sum(p.numel() for p in pg),
@@ -257,6 +257,10 @@ def group_table(self:Learner) -> pd.DataFrame:
                  shared='; '.join(' = '.join(shared[id(p)]) for p in pg if id(p) in shared),
                  lr=h['lr'], training=_is_trainable(self.opt, i))
             for i,(n,pg,h) in enumerate(zip(self.group_names, self.opt.param_lists, self.opt.hypers))]
+    had = getattr(self, 'group_policies', None) or [{}]*len(rows)  # where adapters were applied (09a_adapters)
+    for r,s in zip(rows, had):
+        r['policy'] = (f"{'dora' if s.get('dora') else 'lora'} r={s.get('r')}" if s.get('policy') == 'lora'
+                       else 'full' if r['training'] else 'frozen')
     return pd.DataFrame(rows).set_index('group')
 
 # %% ../nbs/02_groups.ipynb #03cd5ce7
@@ -325,6 +329,25 @@ def _validation_tfms(dl):
         for p,i in zip(pipes, idxs): p.split_idx = i
         random.setstate(st); torch.set_rng_state(tst)
 
+# %% ../nbs/02_groups.ipynb #c7e45071
+def _channels_last(x):
+    "`x` as a plain tensor laid out N,H,W,C if it is a batch of images (fastai's tensor types cost time on every operation), else as it is"
+    if not (isinstance(x, Tensor) and x.dim() == 4 and x.is_floating_point()): return x
+    return x.as_subclass(Tensor).contiguous(memory_format=torch.channels_last)
+
+def fast_layout(model:nn.Module, xb:tuple): # A batch of inputs to try it on
+    "A function laying out inputs for no-grad passes: image batches as channels-last (convolutions are much faster so on a CPU) where `model` computes the same from them, else unchanged"
+    if not any(_channels_last(x) is not x for x in xb): return noop
+    modes,xs = [(m, m.training) for m in model.modules()],[x[:2] for x in xb]
+    try:
+        model.eval()
+        with torch.no_grad(): a,b = model(*xs),model(*map(_channels_last, xs))
+        same = isinstance(a, Tensor) and isinstance(b, Tensor) and torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+    except RuntimeError: same = False  # e.g. a `view` that needs contiguous memory
+    finally:
+        for m,t in modes: m.train(t)
+    return _channels_last if same else noop
+
 # %% ../nbs/02_groups.ipynb #d2dafc8b
 @patch
 def adapt_bn(self:Learner, dl=None) -> int: # Items to estimate on; default: the training set, in order, none dropped
@@ -335,21 +358,26 @@ def adapt_bn(self:Learner, dl=None) -> int: # Items to estimate on; default: the
         tr = self.dls.train
         dl = tr.new(shuffle=False, drop_last=len(tr.dataset) % tr.bs == 1 and len(tr.dataset) > 1)  # a batch of one has no batch statistics
     acc = {m:[0, 0., 0.] for m in bns}  # items, mean, sum of squared deviations per channel
-    def hook(m, inp):
-        x = inp[0].detach().double().transpose(0, 1).flatten(1)  # channels x values
-        a,k = acc[m],x.shape[1]
-        mb = x.mean(1); m2b = ((x - mb[:,None])**2).sum(1)
-        n = a[0] + k; d = mb - a[1]
+    def hook(m, inp, out):  # with momentum 1 a layer's running statistics are its last batch's (unbiased variance)
+        a,k = acc[m],inp[0].numel() // inp[0].shape[1]
+        mb,m2b = m.running_mean.double(),m.running_var.double()*(k-1)
+        n = a[0] + k; d = mb - a[1]  # combined with the earlier batches in float64 (Chan et al.)
         a[1] = a[1] + d*k/n; a[2] = a[2] + m2b + d*d*a[0]*k/n; a[0] = n
-    modes,hooks,nb = [(m, m.training) for m in self.model.modules()],[m.register_forward_pre_hook(hook) for m in bns],0
+    modes,moms,nb,n_inp = [(m, m.training) for m in self.model.modules()],[(m, m.momentum) for m in bns],0,getattr(dl, 'n_inp', 1)
+    hooks = []
     try:
-        self.model.eval()
-        for m in bns: m.train()
         with torch.no_grad(), _validation_tfms(dl):
-            for b in dl: self.model(*b[:getattr(dl, 'n_inp', 1)]); nb += 1
+            for b in dl:
+                if not hooks:  # on the first batch: the layout to use, then the hooks
+                    layout = fast_layout(self.model, b[:n_inp])
+                    self.model.eval()
+                    for m in bns: m.train(); m.momentum = 1.
+                    hooks = [m.register_forward_hook(hook) for m in bns]
+                self.model(*map(layout, b[:n_inp])); nb += 1
     finally:
         for h in hooks: h.remove()
         for m,t in modes: m.train(t)
+        for m,mo in moms: m.momentum = mo
     for m,(n,mean,m2) in acc.items():
         if n < 2: continue
         m.running_mean.copy_(mean); m.running_var.copy_(m2/(n-1)); m.num_batches_tracked.fill_(nb)

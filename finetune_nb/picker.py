@@ -5,9 +5,11 @@
 # %% ../nbs/12b_picker.ipynb #6da1be12
 from __future__ import annotations
 import json
+from html import escape as _escape
 from fastai.basics import *
 from .groups import *
 from .schedule import *
+from .schedule import _resolve
 from .cache import *
 from .charts import *
 from .adapters import policy_table
@@ -130,7 +132,26 @@ def __repr__(self:PickerState):
             + (f"; {c}" if c else "") + f"\n{self.preview().to_string()}")
 
 
+# %% ../nbs/12b_picker.ipynb #a31abe75
+@patch
+def use(self:PickerState, sch:Schedule):
+    "Take the choice of `sch`'s last phase (for example `auto_schedule`'s): its groups, rates and BatchNorm policy, and its reasons"
+    n,ph = len(self.names),sch.phases[-1]
+    on = set(_resolve(ph.groups, n, self.names))
+    self.trainable = [i in on for i in range(n)]
+    self.lr_max,self.factor,self.decay,self.bn_policy = float(ph.lr_max),ph.factor,ph.decay,sch.bn_policy
+    if isinstance(ph.lrs, str) and ph.lrs != 'explicit': self.lr_policy = ph.lrs
+    else: self.lr_policy,self.explicit = 'explicit',list(ph.lrs)
+    self.reason,self.probe = getattr(sch, 'reason', None),getattr(sch, 'probe', None)
+    return self
+
 # %% ../nbs/12b_picker.ipynb #51728884
+def _why_html(st:PickerState) -> str:
+    "The suggestion the picker started from: its reason and its table of probes (empty without one)"
+    if not getattr(st, 'reason', None): return ''
+    tbl = st.probe.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0) if st.probe is not None else ''
+    return f"<details open><summary><b>Suggested:</b> {_escape(st.reason)}</summary>{tbl}</details>"
+
 def _modules_html(st:PickerState, i:int) -> str:
     "Expandable list of the modules of group `i` of the picker's groups"
     learn,ids = st.learn,set(map(id, st.groups[i]))
@@ -143,9 +164,11 @@ def _modules_html(st:PickerState, i:int) -> str:
 # %% ../nbs/12b_picker.ipynb #741ef05c
 class LayerPicker:
     "Choose which layer groups of `learn` train, their learning rates and the BatchNorm policy"
-    def __init__(self, learn:Learner, lr_max:float|None=None):
+    def __init__(self, learn:Learner, lr_max:float|None=None,
+                 schedule:Schedule|None=None): # A suggestion to start from (e.g. `auto_schedule`'s), shown with its reasons
         import ipywidgets as W
         self.state = st = PickerState(learn, lr_max)
+        if schedule is not None: st.use(schedule)
         n = len(st.names)
         self.checks = [W.Checkbox(value=t, indent=False, layout=W.Layout(width='40px')) for t in st.trainable]
         self.lr_labels = [W.Label() for _ in range(n)]
@@ -170,7 +193,8 @@ class LayerPicker:
         self.from_btn.on_click(self._train_from)
         self.apply_btn.on_click(lambda _: self.apply())
         self.export_btn.on_click(lambda _: self.export())
-        self.widget = W.VBox([head, *rows, W.HBox([self.policy, self.lr_max]), W.HBox([self.factor, self.decay, self.bn]),
+        self.why = W.HTML(_why_html(st))
+        self.widget = W.VBox([self.why, head, *rows, W.HBox([self.policy, self.lr_max]), W.HBox([self.factor, self.decay, self.bn]),
                               W.HBox([self.from_group, self.from_btn]), self.preview, W.HBox([self.apply_btn, self.export_btn]), self.exported])
         self._redraw()
 
