@@ -113,6 +113,33 @@ def test_merge_equals_adapted():
     assert (y0 - y1).abs().max() < 1e-5, (y0 - y1).abs().max()
     assert (y0 - TinyNet()(x)).abs().max() > 1e-3  # the adapters did change the outputs
 
+def test_merge_exact_on_efficientnet():
+    "On EfficientNet-Lite0 (convs, BatchNorm, depthwise convs left frozen) the merge is exact in float64, and in float32 within float32's own noise"
+    import copy
+    from fastai.basics import set_seed, trainable_params
+    from finetune_nb.data import digits_dls
+    from finetune_nb.finetune import finetune_learner
+    set_seed(0)
+    learn = finetune_learner(digits_dls(size=32, bs=16, num_workers=0), n_groups=4)
+    learn.apply_policy(['full', dict(policy='lora', r=4, dora=True), dict(policy='lora', r=8), 'full'])
+    g = torch.Generator().manual_seed(0)
+    for m in learn.model.modules():  # as if trained: B (zero at the start) away from zero
+        if hasattr(m, 'lora_B'): m.lora_B['default'].weight.data = torch.randn(m.lora_B['default'].weight.shape, generator=g)*0.05
+    x = learn.dls.valid.one_batch()[0][:16].cpu()
+    learn.model.cpu().eval()
+    m64 = copy.deepcopy(learn.model).double()
+    with torch.no_grad(): y32,a64 = learn.model(x),m64(x.double())
+    assert (y32.double() - a64).abs().max() > 1e-7  # float32 rounding is visible at the logits
+    learn.merge_adapters()
+    with torch.no_grad(): z32 = learn.model(x)
+    l64 = Learner(learn.dls, m64, loss_func=CrossEntropyLossFlat(), splitter=trainable_params).merge_adapters()
+    assert not any(is_adapter(n) for n,_ in l64.model.named_parameters())
+    with torch.no_grad(): b64 = l64.model.eval()(x.double())
+    assert (a64 - b64).abs().max() < 1e-10, (a64 - b64).abs().max()  # float64: the merge leaves nothing out
+    err = (z32 - y32).abs().max()
+    assert err <= 4*(y32.double() - a64).abs().max() + 1e-7, err  # float32: no more than the adapted model's own rounding
+    assert err/y32.abs().max() < 1e-5, err/y32.abs().max()
+
 def test_unsupported_layer_is_named():
     "A group set to LoRA with an LSTM in it is refused before any work, naming the layer"
     class WithLSTM(nn.Module):
@@ -143,13 +170,20 @@ def test_restore_adapted(tmp_path):
     "A checkpoint of a LoRA phase loads into a model with other adapters after `restore_adapted` gives it the checkpoint's"
     learn = tiny_learner()
     lora_run_schedule().run(learn, ckpt_dir=tmp_path)
-    with pytest.raises(CheckpointError, match='does not fit this model'): learn.restore('middle lora', kind='best')
+    # plain `restore` refuses: the model's adapters are not the checkpoint's (the error names `restore_adapted` once 08's `restore` compares
+    # the adapter keys; before that it says the checkpoint does not fit); it never loads the weights into the wrong layers
+    with pytest.raises(CheckpointError, match='restore_adapted|does not fit this model'): learn.restore('middle lora', kind='best')
     meta = learn.restore_adapted('middle lora', kind='best')
     equals(meta['phase'], 1)
     sd = torch.load(tmp_path/'phase1_best.pth', weights_only=True)['model']
     for k,v in learn.model.state_dict().items(): equals(v, sd[k])
     learn.restore_adapted('start')
     assert not any(is_adapter(n) for n,_ in learn.model.named_parameters())
+    other = tiny_learner()
+    other.apply_policy(['frozen', dict(policy='lora', r=2, alpha=16), 'full'])  # the same layers and keys, another alpha
+    other.restore_adapted('middle lora', kind='best', ckpt_dir=tmp_path)
+    equals(other.model.features[3][0].scaling['default'], 4/2)  # the run's alpha/r, which no state dict holds
+    for k,v in other.model.state_dict().items(): equals(v, sd[k])
 
 def start(ckpt, out, *args):
     return subprocess.Popen([sys.executable, __file__, str(ckpt), str(out), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
