@@ -138,11 +138,12 @@ def one(task, method, seed, size):
         import copy
         m64 = copy.deepcopy(learn.model).double().eval()  # the same merge in float64: exact up to float64 rounding if nothing is left out
         with torch.no_grad():
-            a64 = m64(x.double())
+            x64 = x.double() if x.is_floating_point() else x  # token ids stay integers
+            a64 = m64(x64)
             f32_noise = float((y0.double() - a64).abs().max())  # the adapted model itself, float32 against float64
             for m in m64.modules():
                 if hasattr(m, 'lora_A') and hasattr(m, 'base_layer'): m.merge()
-            merged_diff64 = float((m64(x.double()) - a64).abs().max())
+            merged_diff64 = float((m64(x64) - a64).abs().max())
         learn.merge_adapters()
         with torch.no_grad(): y1 = learn.model(x)
         merged_diff,merged_rel = float((y1 - y0).abs().max()),float((y1 - y0).abs().max()/y0.abs().max())
