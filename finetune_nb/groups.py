@@ -245,6 +245,16 @@ def _shared(model:nn.Module) -> dict:
     for n,p in model.named_parameters(remove_duplicate=False): names[id(p)].append(n)
     return {i:ns for i,ns in names.items() if len(ns) > 1}
 
+def _group_policy(learn:Learner, i:int, names:dict) -> str:
+    "How group `i` trains now: 'frozen', 'full', or 'lora r=R' (+' dora'): its adapters (09a_adapters) train and its other weights, norm layers aside, do not"
+    st = learn.opt.state
+    ps = [(names.get(id(p), ''), p) for p in learn.opt.param_lists[i] if p.requires_grad]
+    ad = [(n,p) for n,p in ps if '.lora_' in f'.{n}']
+    base = [p for n,p in ps if '.lora_' not in f'.{n}' and not st[p].get('force_train', False)]
+    if not ad: return 'full' if base else 'frozen'
+    r = next((p.shape[0] for n,p in ad if '.lora_A.' in n or '.lora_embedding_A.' in n), None)
+    return ('lora+full' if base else 'lora') + (f' r={r}' if r else '') + (' dora' if any('lora_magnitude_vector' in n for n,_ in ad) else '')
+
 @patch
 def group_table(self:Learner) -> pd.DataFrame:
     "One row per parameter group: name, parameter counts, trainable state, norm layers, parameters the user froze, tied weights, learning rate and policy"
@@ -257,10 +267,8 @@ def group_table(self:Learner) -> pd.DataFrame:
                  shared='; '.join(' = '.join(shared[id(p)]) for p in pg if id(p) in shared),
                  lr=h['lr'], training=_is_trainable(self.opt, i))
             for i,(n,pg,h) in enumerate(zip(self.group_names, self.opt.param_lists, self.opt.hypers))]
-    had = getattr(self, 'group_policies', None) or [{}]*len(rows)  # where adapters were applied (09a_adapters)
-    for r,s in zip(rows, had):
-        r['policy'] = (f"{'dora' if s.get('dora') else 'lora'} r={s.get('r')}" if s.get('policy') == 'lora'
-                       else 'full' if r['training'] else 'frozen')
+    names = {id(p):n for n,p in self.model.named_parameters()}
+    for i,r in enumerate(rows): r['policy'] = _group_policy(self, i, names)
     return pd.DataFrame(rows).set_index('group')
 
 # %% ../nbs/02_groups.ipynb #03cd5ce7
