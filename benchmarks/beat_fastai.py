@@ -22,7 +22,8 @@ Methods:
 The anchor of a task is the better (by mean accuracy) of the two fastai runs. "to anchor" is the wall time until a
 method's validation accuracy first reaches the anchor's final accuracy of the same seed (NaN: never), over the
 anchor's whole wall time. Part `frozen`: a head phase of 3 epochs, finetune_nb (the 'adapt' policy and the feature cache,
-the adaptation pass and the cache build included) against fastai's `freeze()` + `fit_one_cycle(3)`.
+the adaptation pass and the cache build included) against fastai's `freeze()` + `fit_one_cycle(3)` (with `--frozen-cl`, also
+both in the channels-last memory format).
 """
 import os
 os.environ.setdefault('OMP_NUM_THREADS', '1'); os.environ['HF_HUB_OFFLINE'] = '1'
@@ -166,16 +167,19 @@ def run(make, method, seed, E):
 
 def frozen_head(make, method, seed, epochs=3):
     l = make(seed); l.remove_cb(ProgressCallback)
+    if method.endswith(CL):
+        from fastai.callback.channelslast import ChannelsLast
+        l.add_cb(ChannelsLast())
     t0 = time.perf_counter()
     with l.no_logging():
-        if method == 'fastai freeze()':
+        if method.startswith('fastai freeze()'):
             l.freeze(); l.fit_one_cycle(epochs, 1e-2)
         else:
             finetune_callbacks(l); l.set_trainable('head'); l.set_bn_policy('adapt'); l.fit_one_cycle(epochs, 1e-2)
     return dict(part='frozen', method=method, seed=seed, seconds=time.perf_counter()-t0, accuracy=float(l.validate()[1]),
                 cache=getattr(getattr(l, 'feature_cache', None), 'reason', ''))
 
-OURS = "finetune_nb 'adapt' + cache"
+OURS,CL = "finetune_nb 'adapt' + cache"," channels-last"
 
 def time_to(points, target):
     return next((t for t,a in points if a >= target - 1e-9), float('nan'))
@@ -206,6 +210,7 @@ if __name__ == '__main__':
     p.add_argument('--frozen', action='store_true', help='also time the frozen head phase (3 epochs)')
     p.add_argument('--frozen-seeds', nargs='+', type=int, default=None, help='seeds of the frozen part (default: --seeds)')
     p.add_argument('--frozen-only', action='store_true', help='only the frozen head phase part')
+    p.add_argument('--frozen-cl', action='store_true', help='the frozen part also with the channels-last memory format, on both sides')
     p.add_argument('--summarise', nargs='+', default=None, help='only summarise these jsonl files of earlier runs')
     p.add_argument('--valley', nargs=2, type=float, default=None, help="reuse lr_find's valley LR and its SECONDS (from seed 0) for `fastai valley`")
     p.add_argument('--out', default='benchmarks/beat_fastai_raw.jsonl')
@@ -237,10 +242,12 @@ if __name__ == '__main__':
         if rows: print(f"\n== {task} ({E} epochs each; anchor: {s.attrs['anchor']}; load average {os.getloadavg()[0]:.1f})")
         if rows: print(s.round(4).to_string(), '\n', flush=True)
         if (a.frozen or a.frozen_only) and task != 'minilm':
-            fr = pd.DataFrame([frozen_head(make, m, s_) for s_ in (a.frozen_seeds or a.seeds) for m in ('fastai freeze()', OURS)])
+            ms = ('fastai freeze()', OURS) + (('fastai freeze()'+CL, OURS+CL) if a.frozen_cl else ())
+            fr = pd.DataFrame([frozen_head(make, m, s_) for s_ in (a.frozen_seeds or a.seeds) for m in ms])
             fr['task'] = task
             with open(a.out, 'a') as f: f.write(fr.to_json(orient='records', lines=True))
             g = fr.groupby('method').agg(seconds=('seconds', 'mean'), acc=('accuracy', 'mean'))
-            print(f"== {task}: frozen head phase, 3 epochs (speed-up {g.seconds['fastai freeze()']/g.seconds[OURS]:.1f}x)")
+            print(f"== {task}: frozen head phase, 3 epochs (speed-up {g.seconds['fastai freeze()']/g.seconds[OURS]:.1f}x"
+                  + (f"; both channels-last {g.seconds['fastai freeze()'+CL]/g.seconds[OURS+CL]:.1f}x" if a.frozen_cl else '') + ")")
             print(g.round(4).to_string(), '\n', fr.cache.iloc[-1], '\n', flush=True)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")

@@ -190,9 +190,9 @@ def demo(epochs:int=3, # Epochs of the last phase (every group training)
          bs:int=64, # Batch size (at most the number of training images)
          seed:int=42, # Seed of the split and of training
          precision:str='fp32', # fp32, bf16 or fp16 mixed precision (fp16 needs a GPU)
-         channels_last:bool=False, # Train in the channels-last memory format
+         channels_last:bool=True, # Train in the channels-last memory format (convolutions about 1.5 times faster on a CPU)
          compile:bool=False, # Compile the model with torch.compile
-         bn_policy:str='train', # Norm layers of frozen groups: train, stats or frozen (frozen phases then use the feature cache)
+         bn_policy:str='adapt', # Norm layers of frozen groups: adapt (statistics re-estimated once, then held: frozen phases use the feature cache), train (fastai's), stats or frozen
          threads:int|None=None, # Torch CPU threads (default: 1 on 2 cores or fewer, else min(4, cores))
          resume:bool=False, # Continue the run interrupted in --out from its last completed epoch
          quiet:bool=False): # No progress bars
@@ -224,7 +224,8 @@ def add_options(p:argparse.ArgumentParser, f, # Function whose parameters (annot
     "Add an option to `p` for each parameter of `f`: its docment is the help, its annotation the type, its default the default"
     for k,v in docments(f, full=True, returns=False, eval_str=True).items():
         flag,help = '--' + (flags or {}).get(k, k).replace('_', '-'),v.docment or ''
-        if v.anno is bool: p.add_argument(flag, dest=k, action='store_true', help=help)
+        if v.anno is bool and v.default: p.add_argument(flag, dest=k, action=argparse.BooleanOptionalAction, default=True, help=f"{help} (default on)")
+        elif v.anno is bool: p.add_argument(flag, dest=k, action='store_true', help=help)
         else:
             typ = next((t for t in getattr(v.anno, '__args__', (v.anno,)) if t is not type(None)), str)  # `int|None`: int
             p.add_argument(flag, dest=k, type=typ, default=v.default, metavar=(flags or {}).get(k, k).upper(),

@@ -109,7 +109,7 @@ _float_fields,_int_fields = ('lr_max', 'lr_min', 'factor', 'decay'),('epochs',)
 class Schedule:
     "A fine-tuning procedure: phases run one after another on the same learner"
     def __init__(self, phases:list, # `Phase`s (or dicts of their fields), run in order
-                 bn_policy:str='train', # What norm layers in frozen groups do: 'train', 'stats' or 'frozen'
+                 bn_policy:str='train', # What norm layers in frozen groups do: 'train' (fastai's), 'stats', 'frozen' or 'adapt'
                  patience:int|None=None, # End a phase early after this many epochs without improvement
                  restore_best:bool=False, # Load each phase's best weights back before the next phase
                  monitor:str='valid_loss', # What `patience` and `restore_best` watch
@@ -278,13 +278,14 @@ def progressive_schedule(n_groups:int, # Number of layer groups of the learner
                          groups_per_stage:int=1, # Groups unfrozen at each stage
                          factor:float=2.6, # ULMFiT's ratio between neighbouring groups
                          sched:str='one_cycle', # Schedule of each stage
+                         bn_policy:str='adapt', # Norm layers of frozen groups: statistics re-estimated once on the data, then held (frozen phases are cached)
                          **kwargs) -> Schedule: # Passed to `Schedule`
     "ULMFiT's gradual unfreezing: the head, then `groups_per_stage` more groups per stage, then all"
     if groups_per_stage < 1: raise ValueError(f"groups_per_stage must be at least 1, got {groups_per_stage}")
     phases = [Phase(k, stage_epochs, lr_max, factor=factor, sched=sched, name='head' if k==1 else f'top {k}')
               for k in range(1, n_groups, groups_per_stage)]
     phases.append(Phase('all', epochs, lr_max, factor=factor, sched=sched, name='all'))
-    return Schedule(phases, **kwargs)
+    return Schedule(phases, bn_policy=bn_policy, **kwargs)
 
 # %% ../nbs/04_schedule.ipynb #6342444a
 def plot_fine_tune(log:FineTuneLog, # `learn.ft_log` after a run
