@@ -39,8 +39,11 @@ def test_cuda_without_gpu(tmp_path):
 def test_ctrl_c_keeps_last_epoch(tmp_path):
     "SIGINT (Ctrl-C) mid-training leaves the last completed epoch's model saved"
     out = tmp_path/'out'
+    # A runner started in the background without job control (`cmd &` in a script) ignores SIGINT, its children inherit that,
+    # and Python then leaves SIGINT ignored: the Ctrl-C would be lost. A terminal's Ctrl-C reaches a process with the default.
     p = subprocess.Popen(['finetune_nb', 'demo', '--epochs', '50', '--size', '32', '--k-shot', '10', '--quiet', '--out', str(out)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal, even if this runner ignores SIGINT
     t0 = time.time()
     while not (out/'model.pth').exists() and time.time()-t0 < 300 and p.poll() is None: time.sleep(0.2)
     assert p.poll() is None, p.communicate()
