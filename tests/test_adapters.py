@@ -171,8 +171,7 @@ def test_restore_adapted(tmp_path):
     "A checkpoint of a LoRA phase loads into a model with other adapters after `restore_adapted` gives it the checkpoint's"
     learn = tiny_learner()
     lora_run_schedule().run(learn, ckpt_dir=tmp_path)
-    # plain `restore` refuses: the model's adapters are not the checkpoint's (the error names `restore_adapted` once 08's `restore` compares
-    # the adapter keys; before that it says the checkpoint does not fit); it never loads the weights into the wrong layers
+    # plain `restore` refuses, naming `restore_adapted`: the model's adapters are not the checkpoint's; it never loads weights into the wrong layers
     with pytest.raises(CheckpointError, match='restore_adapted'): learn.restore('middle lora', kind='best')
     meta = learn.restore_adapted('middle lora', kind='best')
     equals(meta['phase'], 1)
