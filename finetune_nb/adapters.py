@@ -13,7 +13,7 @@ from .checkpoints import *
 from .leftout import LeftOut
 
 # %% auto #0
-__all__ = ['adaptable', 'is_adapter', 'group_layers', 'lora_params', 'policy_table', 'ParamsByName', 'set_adapters', 'check_plan',
+__all__ = ['adaptable', 'group_layers', 'lora_params', 'policy_table', 'ParamsByName', 'set_adapters', 'check_plan',
            'TrainsAsPlanned', 'uses_adapters', 'schedule_layout', 'plan_schedule', 'adapt_to_checkpoint',
            'adapt_for_resume', 'lora_schedule']
 
@@ -24,9 +24,6 @@ def _peft():
     except ImportError: raise ImportError("LoRA needs Hugging Face PEFT: pip install 'finetune_nb[adapters]' (or pip install peft)") from None
     return peft
 
-def is_adapter(name:str) -> bool:
-    "Whether the parameter called `name` is a LoRA/DoRA adapter weight (PEFT names them `lora_*`)"
-    return '.lora_' in f'.{name}'
 
 def _is_lora(m:nn.Module) -> bool: return hasattr(m, 'lora_A') and hasattr(m, 'base_layer')  # PEFT's LoraLayer, without importing PEFT
 

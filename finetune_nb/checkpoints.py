@@ -422,10 +422,6 @@ class PhaseCheckpoints(LeftOut, Callback):
         self.in_replay = l.replaying = False
 
 # %% ../nbs/08_checkpoints.ipynb #90c9f998
-def _adapter_keys(sd:dict) -> set:
-    "Keys of PEFT's LoRA/DoRA weights (`lora_*`) in the state dict `sd`"
-    return {k for k in sd if '.lora_' in f'.{k}'}
-
 @patch
 def restore(self:Learner, which:int|str='best', # 'start', 'best', 'last', or a phase's index or name
             kind:str|None=None, # For a phase: 'last' (what it handed on, the default) or 'best'
@@ -437,7 +433,7 @@ def restore(self:Learner, which:int|str='best', # 'start', 'best', 'last', or a 
     ck = read_checkpoint(f)
     bad = nonfinite(ck['model'])
     if bad: raise CheckpointError(f"Checkpoint {key!r} ({f}) holds NaN or inf in {_few(bad)}, so it was not loaded")
-    saved,own = _adapter_keys(ck['model']),_adapter_keys(bare_model(self.model).state_dict())
+    saved,own = [set(filter(is_adapter, sd)) for sd in (ck['model'], bare_model(self.model).state_dict())]
     if saved != own:
         diff,where = (sorted(saved - own),'the checkpoint') if saved - own else (sorted(own - saved),'the model')
         raise CheckpointError(f"Checkpoint {key!r} ({f}) and the model have LoRA adapters on different layers ({where} only: {_few(diff)}), "

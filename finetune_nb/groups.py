@@ -11,7 +11,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 # %% auto #0
 __all__ = ['auto_splitter', 'bn_policies', 'span_name', 'layer_groups', 'check_groups', 'AutoSplitter', 'layer_group_names',
-           'resolve_groups', 'fast_layout']
+           'is_adapter', 'resolve_groups', 'fast_layout']
 
 # %% ../nbs/02_groups.ipynb #2b63b248
 def _has_params(m:nn.Module): return next(m.parameters(), None) is not None
@@ -245,12 +245,16 @@ def _shared(model:nn.Module) -> dict:
     for n,p in model.named_parameters(remove_duplicate=False): names[id(p)].append(n)
     return {i:ns for i,ns in names.items() if len(ns) > 1}
 
+def is_adapter(name:str) -> bool:
+    "Whether the parameter called `name` is a LoRA/DoRA adapter weight (PEFT names them `lora_*`)"
+    return '.lora_' in f'.{name}'
+
 def _group_policy(learn:Learner, i:int, names:dict) -> str:
     "How group `i` trains now: 'frozen', 'full', or 'lora r=R' (+' dora'): its adapters (09a_adapters) train and its other weights, norm layers aside, do not"
     st = learn.opt.state
     ps = [(names.get(id(p), ''), p) for p in learn.opt.param_lists[i] if p.requires_grad]
-    ad = [(n,p) for n,p in ps if '.lora_' in f'.{n}']
-    base = [p for n,p in ps if '.lora_' not in f'.{n}' and not st[p].get('force_train', False)]
+    ad = [(n,p) for n,p in ps if is_adapter(n)]
+    base = [p for n,p in ps if not is_adapter(n) and not st[p].get('force_train', False)]
     if not ad: return 'full' if base else 'frozen'
     r = next((p.shape[0] for n,p in ad if '.lora_A.' in n or '.lora_embedding_A.' in n), None)
     return ('lora+full' if base else 'lora') + (f' r={r}' if r else '') + (' dora' if any('lora_magnitude_vector' in n for n,_ in ad) else '')

@@ -47,6 +47,7 @@ from fastcore.test import test_fail as fails
 from finetune_nb.test_utils import synth_dls, tiny_learner, TinyNet
 from finetune_nb.schedule import Schedule, Phase
 from finetune_nb.adapters import *
+from finetune_nb.groups import is_adapter
 import finetune_nb.finetune  # noqa: F401
 
 def n_trainable(m): return sum(p.numel() for p in m.parameters() if p.requires_grad)
