@@ -68,7 +68,8 @@ def run(self:Schedule, learn:Learner, cbs=None, # Callbacks for every phase's fi
                          "so every phase would train the whole model at one rate: give the Learner a splitter (splitter=auto_splitter, or your own)")
     adapters = uses_adapters(self)
     if adapters: plan_schedule(learn, self)  # every phase's policies checked against the layers before any work
-    learn.set_bn_policy(self.bn_policy)
+    resuming = resume and (Path(ifnone(ckpt_dir, default_ckpt_dir(learn)))/'resume.pth').exists()
+    learn.set_bn_policy(self.bn_policy, adapt=not resuming)  # a resumed run loads the statistics it adapted with its weights
     log = learn.ft_log = FineTuneLog(self)
     learn.cancel_schedule = False  # a callback (e.g. a Stop button) sets it to end the whole schedule
     ck = None

@@ -397,7 +397,8 @@ def adapt_bn(self:Learner, dl=None) -> int: # Items to estimate on; default: the
 
 # %% ../nbs/02_groups.ipynb #baf3a68b
 @patch
-def set_bn_policy(self:Learner, policy:str='train'): # 'train', 'stats', 'frozen' or 'adapt'
+def set_bn_policy(self:Learner, policy:str='train', # 'train', 'stats', 'frozen' or 'adapt'
+                  adapt:bool=True): # With 'adapt', re-estimate the statistics now (`False`: weights about to be loaded hold them)
     "Choose what normalisation layers in frozen groups do (see the table above); 'adapt' re-estimates the statistics now, once"
     if policy not in bn_policies: raise ValueError(f"Unknown BatchNorm policy {policy!r}; choose one of {bn_policies}")
     _note_user_frozen(self)  # before the norm layers' flags change
@@ -407,4 +408,4 @@ def set_bn_policy(self:Learner, policy:str='train'): # 'train', 'stats', 'frozen
     self.set_trainable(groups)
     if held and not hasattr(self, 'bn_freeze'): self.add_cb(BnFreeze())
     if not held and hasattr(self, 'bn_freeze'): self.remove_cb(self.bn_freeze)
-    if policy=='adapt': self.adapt_bn()
+    if policy=='adapt' and adapt: self.adapt_bn()
