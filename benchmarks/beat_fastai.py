@@ -17,9 +17,14 @@ Methods:
   - `ftp <policy>`: `fine_tune_progressive` with its defaults (lr_max 2e-3, one epoch per stage) and that BatchNorm
     policy; `ftp@1e-2 <policy>` at lr_max=1e-2 (the demo's rate);
   - presets of `finetune_nb.presets` where that module exists: `lp_ft`, `auto`;
-  - `demo`: what `finetune_nb demo` runs by default (lr_max 1e-2, 'adapt', channels-last memory format);
+  - `demo`: what `finetune_nb demo` runs by default (lr_max 1e-2, 'adapt', channels-last memory format, fastai's
+    `LabelSmoothingCrossEntropyFlat(eps=0.1)`); `demo ce`: the same with plain cross-entropy;
+  - `<method> ls` (`fastai 2e-3 ls`, `fastai valley ls`, `ftp adapt ls`): that method with the demo's label-smoothing loss,
+    so the demo's loss is compared on equal terms;
+  - `ftp adapt nock`: `ftp adapt` with `checkpoints=False` (no start, best and last weights or resume state written), to
+    show what the checkpoints cost;
   - `scratch`: the same architecture from random weights, `fit_one_cycle(E, 1e-2)`.
-The anchor of a task is the better (by mean accuracy) of the two fastai runs. "to anchor" is the wall time until a
+The anchor of a task is the best (by mean accuracy) of the fastai runs in the results. "to anchor" is the wall time until a
 method's validation accuracy first reaches the anchor's final accuracy of the same seed (NaN: never), over the
 anchor's whole wall time. Part `frozen`: a head phase of 3 epochs, finetune_nb (the 'adapt' policy and the feature cache,
 the adaptation pass and the cache build included) against fastai's `freeze()` + `fit_one_cycle(3)` (with `--frozen-cl`, also
@@ -127,11 +132,15 @@ def fastai_ft(lr):
         else: l.lr_used = lr
         l.fine_tune(E-1, base_lr=l.lr_used)
     return fn
-def ftp(policy, lr=2e-3):
-    def fn(l, E): l.fine_tune_progressive(E-(l.n_groups-1), lr_max=lr, bn_policy=policy)
+def ftp(policy, lr=2e-3, checkpoints=True):
+    def fn(l, E): l.fine_tune_progressive(E-(l.n_groups-1), lr_max=lr, bn_policy=policy, checkpoints=checkpoints)
     return fn
-def demo(l, E):
-    "What `finetune_nb demo` runs by default: lr_max 1e-2, the 'adapt' policy, channels-last"
+def smoothed(fn, eps=0.1):
+    "`fn` with fastai's label-smoothing loss, as the demo trains (the metric is still accuracy)"
+    def f(l, E): l.loss_func = LabelSmoothingCrossEntropyFlat(eps=eps); fn(l, E)
+    return f
+def demo_ce(l, E):
+    "`finetune_nb demo --label-smoothing 0`: lr_max 1e-2, the 'adapt' policy, channels-last"
     from fastai.callback.channelslast import ChannelsLast
     l.add_cb(ChannelsLast()); l.fine_tune_progressive(E-(l.n_groups-1), lr_max=1e-2, bn_policy='adapt')
 def scratch(l, E): l.fit_one_cycle(E, 1e-2)
@@ -150,7 +159,9 @@ def preset(name):
 METHODS = {'fastai 2e-3': fastai_ft(2e-3), 'fastai valley': fastai_ft('valley'),
            'ftp train': ftp('train'), 'ftp frozen': ftp('frozen'), 'ftp adapt': ftp('adapt'),
            'ftp@1e-2 train': ftp('train', 1e-2), 'ftp@1e-2 adapt': ftp('adapt', 1e-2),
-           'lp_ft': preset('lp_ft'), 'auto': preset('auto'), 'demo': demo, 'scratch': scratch}
+           'lp_ft': preset('lp_ft'), 'auto': preset('auto'), 'demo': smoothed(demo_ce), 'demo ce': demo_ce, 'scratch': scratch,
+           'fastai 2e-3 ls': smoothed(fastai_ft(2e-3)), 'fastai valley ls': smoothed(fastai_ft('valley')), 'ftp adapt ls': smoothed(ftp('adapt')),
+           'ftp adapt nock': ftp('adapt', checkpoints=False)}
 
 def run(make, method, seed, E):
     l = make(seed, pretrained=method != 'scratch')
@@ -203,7 +214,7 @@ TASKS = {'digits20': (lambda a: digits_task(32, 20), 6), 'own': (lambda a: own_t
 if __name__ == '__main__':
     p = argparse.ArgumentParser()
     p.add_argument('--tasks', nargs='+', default=list(TASKS))
-    p.add_argument('--methods', nargs='+', default=[m for m in METHODS if m not in ('lp_ft', 'auto', 'demo')])
+    p.add_argument('--methods', nargs='+', default=[m for m in METHODS if m not in ('lp_ft', 'auto', 'demo', 'demo ce') and not m.endswith((' ls', ' nock'))])
     p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     p.add_argument('--full-size', type=int, default=64)
     p.add_argument('--epochs', type=int, default=None, help="epochs of every method (default: the task's, 6 or 10)")

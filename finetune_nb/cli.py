@@ -68,11 +68,12 @@ def fit_batch_size(bs:int, n_train:int) -> tuple[int, str]:
     return n_train, f"--bs {bs} is more than the {n_train} training images: training with batches of {n_train}, so that every epoch trains."
 
 # %% ../nbs/19_cli.ipynb #df1055c3
-def _check_options(epochs, size, k_shot, lr, n_groups, bs, bn_policy, threads, device, precision) -> str:
+def _check_options(epochs, size, k_shot, lr, n_groups, bs, bn_policy, threads, device, precision, label_smoothing=0.) -> str:
     "Check the demo's options before any work, raising a `DemoError` that names the first bad one; the torch device"
     _positive('epochs', epochs); _positive('size', size); _positive('k-shot', k_shot, allow_none=True)
     _positive('groups', n_groups); _positive('bs', bs); _positive('threads', threads, allow_none=True)
     if not lr > 0: raise DemoError(f"--lr must be positive, got {lr}")
+    if not 0 <= label_smoothing < 1: raise DemoError(f"--label-smoothing must be at least 0 and below 1, got {label_smoothing}")
     if size < 32: raise DemoError(f"--size must be at least 32 pixels, got {size}")
     if k_shot is not None and k_shot > 140: raise DemoError(f"--k-shot must be at most 140 (training images of the rarest digit), got {k_shot}")
     from finetune_nb.models import efficientnet_lite0
@@ -129,16 +130,17 @@ def _write_results(learn, out:Path, t0:float, interrupted:bool=False, quiet:bool
     return summary
 
 # %% ../nbs/19_cli.ipynb #9a7e516b
-def _demo_learner(size, bs, seed, k_shot, dev, n_groups, precision, channels_last, compile, quiet):
+def _demo_learner(size, bs, seed, k_shot, dev, n_groups, precision, channels_last, compile, quiet, label_smoothing=0.):
     "The demo's learner: digits and EfficientNet-Lite0 with finetune_nb's callbacks, its baseline recorded"
-    from fastai.vision.all import set_seed, ProgressCallback
+    from fastai.vision.all import set_seed, ProgressCallback, CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
     from finetune_nb.data import digits_dls
     from finetune_nb.finetune import finetune_learner
     import finetune_nb.hardware, finetune_nb.report  # `Learner.to_hardware`, `Learner.record_baseline`
     import matplotlib; matplotlib.use('Agg')
     set_seed(seed)
     dls = digits_dls(size=size, bs=bs, seed=seed, k_shot=k_shot, device=dev)
-    learn = finetune_learner(dls, n_groups=n_groups).to_hardware(precision, channels_last, compile)
+    loss = LabelSmoothingCrossEntropyFlat(eps=label_smoothing) if label_smoothing else CrossEntropyLossFlat()
+    learn = finetune_learner(dls, n_groups=n_groups, loss_func=loss).to_hardware(precision, channels_last, compile)
     if quiet: learn.remove_cb(ProgressCallback)
     if hasattr(learn, 'divergence_guard'): learn.divergence_guard.verbose = False  # the demo says it in its own words
     learn.record_baseline()  # accuracy of the pretrained body with its new, untrained head
@@ -193,28 +195,31 @@ def demo(epochs:int=3, # Epochs of the last phase (every group training)
          channels_last:bool=True, # Train in the channels-last memory format (convolutions about 1.5 times faster on a CPU)
          compile:bool=False, # Compile the model with torch.compile
          bn_policy:str='adapt', # Norm layers of frozen groups: adapt (statistics re-estimated once, then held: frozen phases use the feature cache), train (fastai's), stats or frozen
+         label_smoothing:float=0.1, # Label smoothing of the loss (fastai's LabelSmoothingCrossEntropyFlat); 0 for plain cross-entropy
          threads:int|None=None, # Torch CPU threads (default: 1 on 2 cores or fewer, else min(4, cores))
          resume:bool=False, # Continue the run interrupted in --out from its last completed epoch
          quiet:bool=False): # No progress bars
     "Fine-tune the offline EfficientNet-Lite0 on scikit-learn's digits with progressive unfreezing"
     warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')  # raised by a dependency at import
-    dev = _check_options(epochs, size, k_shot, lr, n_groups, bs, bn_policy, threads, device, precision)
+    dev = _check_options(epochs, size, k_shot, lr, n_groups, bs, bn_policy, threads, device, precision, label_smoothing)
     from finetune_nb.data import digits_arrays, digits_split
     n_train = len(digits_split(digits_arrays()[1], 0.2, seed, k_shot)[0])
     out = check_out(out)
-    _check_resume(out, dict(epochs=epochs, size=size, k_shot=k_shot, lr=lr, n_groups=n_groups, bs=bs, seed=seed, bn_policy=bn_policy), resume)
+    _check_resume(out, dict(epochs=epochs, size=size, k_shot=k_shot, lr=lr, n_groups=n_groups, bs=bs, seed=seed, bn_policy=bn_policy,
+                            label_smoothing=label_smoothing), resume)
     import torch
     n_threads = threads or default_threads()
     torch.set_num_threads(n_threads)
     bs,note = fit_batch_size(bs, n_train)
     if note: print(note)
-    learn = _demo_learner(size, bs, seed, k_shot, dev, n_groups, precision, channels_last, compile, quiet)
+    learn = _demo_learner(size, bs, seed, k_shot, dev, n_groups, precision, channels_last, compile, quiet, label_smoothing)
     from finetune_nb.schedule import progressive_schedule
     sch = progressive_schedule(learn.n_groups, epochs, lr, bn_policy=bn_policy)
     print(f"Fine-tuning EfficientNet-Lite0 (ImageNet weights, offline) on scikit-learn digits: "
           f"{len(learn.dls.train_ds)} train / {len(learn.dls.valid_ds)} valid images at {size}px, on {dev}"
           + (f" with {n_threads} CPU thread{'s' if n_threads > 1 else ''}." if dev == 'cpu' else '.'))
-    print(f"Progressive unfreezing over {learn.n_groups} layer groups, ULMFiT learning rates (head {lr:g}, factor 2.6):")
+    print(f"Progressive unfreezing over {learn.n_groups} layer groups, ULMFiT learning rates (head {lr:g}, factor 2.6)"
+          + (f", label smoothing {label_smoothing:g}:" if label_smoothing else ":"))
     print(sch.table(learn).to_string(), flush=True)
     return _run(learn, sch, out, dict(arch='efficientnet_lite0', size=size, stats=([0.5]*3, [0.5]*3)), resume)
 
