@@ -132,14 +132,14 @@ def _write_results(learn, out:Path, t0:float, interrupted:bool=False, quiet:bool
 # %% ../nbs/19_cli.ipynb #9a7e516b
 def _demo_learner(size, bs, seed, k_shot, dev, n_groups, precision, channels_last, compile, quiet, label_smoothing=0.):
     "The demo's learner: digits and EfficientNet-Lite0 with finetune_nb's callbacks, its baseline recorded"
-    from fastai.vision.all import set_seed, ProgressCallback, CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
+    from fastai.vision.all import set_seed, ProgressCallback, LabelSmoothingCrossEntropyFlat
     from finetune_nb.data import digits_dls
     from finetune_nb.finetune import finetune_learner
     import finetune_nb.hardware, finetune_nb.report  # `Learner.to_hardware`, `Learner.record_baseline`
     import matplotlib; matplotlib.use('Agg')
     set_seed(seed)
     dls = digits_dls(size=size, bs=bs, seed=seed, k_shot=k_shot, device=dev)
-    loss = LabelSmoothingCrossEntropyFlat(eps=label_smoothing) if label_smoothing else CrossEntropyLossFlat()
+    loss = LabelSmoothingCrossEntropyFlat(eps=label_smoothing) if label_smoothing else None  # None: fastai's loss for the labels
     learn = finetune_learner(dls, n_groups=n_groups, loss_func=loss).to_hardware(precision, channels_last, compile)
     if quiet: learn.remove_cb(ProgressCallback)
     if hasattr(learn, 'divergence_guard'): learn.divergence_guard.verbose = False  # the demo says it in its own words
