@@ -7,23 +7,15 @@ from __future__ import annotations
 import json, pickle, random, time, warnings, os, psutil
 from fastai.basics import *
 from fastai.callback.tracker import TrackerCallback
-from fastcore.xtras import atomic_save
 from .groups import *
 from .leftout import LeftOut
 from .saving import *
 from .schedule import *
 
 # %% auto #0
-__all__ = ['atomic_write_text', 'CheckpointError', 'read_checkpoint', 'bare_model', 'check_fits', 'load_weights',
-           'weights_finite', 'nonfinite', 'rng_state', 'set_rng_state', 'default_ckpt_dir', 'claim_ckpt_dir', 'better',
-           'CheckpointDir', 'recorded_names', 'RunCheckpoints', 'PhaseCheckpoints', 'RestoreBest']
-
-# %% ../nbs/08_checkpoints.ipynb #b52be062
-def atomic_write_text(text:str, path:str|Path) -> Path:
-    "Write `text` to `path` through fastcore's `atomic_save` (a temporary file, then a rename), so `path` is never half written"
-    path = Path(path)
-    with atomic_save(path, mode='w') as f: f.write(text)
-    return path
+__all__ = ['CheckpointError', 'read_checkpoint', 'bare_model', 'check_fits', 'load_weights', 'weights_finite', 'nonfinite',
+           'rng_state', 'set_rng_state', 'default_ckpt_dir', 'claim_ckpt_dir', 'better', 'CheckpointDir',
+           'recorded_names', 'RunCheckpoints', 'PhaseCheckpoints', 'RestoreBest']
 
 # %% ../nbs/08_checkpoints.ipynb #740980d2
 class CheckpointError(ValueError):
@@ -183,8 +175,8 @@ def clear(self:CheckpointDir):
 
 @patch
 def drop_temporary(self:CheckpointDir):
-    "Delete the temporary files of writes that a killed process left half done (fastcore's `atomic_save` names them `tmp*tmp`)"
-    for f in self.path.glob('tmp*tmp'): f.unlink(missing_ok=True)
+    "Delete the temporary files of writes that a killed process left half done (only finetune_nb's own: `drop_temporary`)"
+    drop_temporary(self.path)
 
 # %% ../nbs/08_checkpoints.ipynb #b5aaa427
 @patch

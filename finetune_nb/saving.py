@@ -4,13 +4,65 @@
 
 # %% ../nbs/05_saving.ipynb #0748321e
 from __future__ import annotations
+import os, uuid, contextlib, psutil
+from filelock import FileLock, Timeout
 from fastai.vision.all import *
 from .models import *
 from .leftout import LeftOut
 from .schedule import running_phase
 
 # %% auto #0
-__all__ = ['torch_save_atomic', 'save_finetuned', 'read_saved', 'load_finetuned', 'SaveEachEpoch']
+__all__ = ['atomic_file', 'drop_temporary', 'atomic_write_text', 'folder_lock', 'torch_save_atomic', 'save_finetuned',
+           'read_saved', 'load_finetuned', 'SaveEachEpoch']
+
+# %% ../nbs/05_saving.ipynb #972307fa
+_tmp_suffix = '.finetune_nb-tmp'
+
+@contextlib.contextmanager
+def atomic_file(path:str|Path, mode:str='wb'):
+    "Open a temporary file beside `path` (its folder made if need be), flushed to disk and renamed over `path` when the block ends; deleted if the block fails"
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{_tmp_suffix}')
+    try:
+        with open(tmp, mode) as f:
+            yield f
+            f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True); raise
+
+# %% ../nbs/05_saving.ipynb #d8d91f73
+def drop_temporary(folder:str|Path) -> list:
+    "Delete the temporary files that finetune_nb writers killed mid-write left in `folder` (never a file of another program, nor one a live process is writing)"
+    gone = []
+    for f in Path(folder).glob(f'.*{_tmp_suffix}'):
+        try: pid = int(f.name[:-len(_tmp_suffix)].split('.')[-2])
+        except (ValueError, IndexError): continue
+        if pid != os.getpid() and psutil.pid_exists(pid): continue
+        f.unlink(missing_ok=True); gone.append(f.name)
+    return gone
+
+# %% ../nbs/05_saving.ipynb #215817d8
+def atomic_write_text(text:str, path:str|Path) -> Path:
+    "Write `text` to `path` through `atomic_file`, so `path` is never half written"
+    with atomic_file(path, 'w') as f: f.write(text)
+    return Path(path)
+
+# %% ../nbs/05_saving.ipynb #dca34df0
+@contextlib.contextmanager
+def folder_lock(folder:str|Path, timeout:float=60): # Seconds to wait for another process to finish
+    "Hold `folder`'s lock for the block, so that no other process writes there at the same time"
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder/'.finetune_nb.lock', thread_local=False)
+    try: lock.acquire(timeout=timeout)
+    except Timeout:
+        try: pid = (folder/'.finetune_nb.lock.pid').read_text()
+        except OSError: pid = '?'
+        raise RuntimeError(f"{folder} is in use by process {pid}: waited {timeout:g} s for it to finish") from None
+    try:
+        (folder/'.finetune_nb.lock.pid').write_text(str(os.getpid()))
+        yield folder
+    finally: lock.release()
 
 # %% ../nbs/05_saving.ipynb #f7c8c77d
 def _plain(o):
@@ -24,12 +76,10 @@ def _plain(o):
     return o
 
 def torch_save_atomic(obj, path:str|Path) -> Path:
-    "`torch.save` the plain data of `obj` to `path` through fastcore's `atomic_save`, so `path` is never half written"
+    "`torch.save` the plain data of `obj` to `path` through `atomic_file`, so `path` is never half written"
     path = Path(path)
     try:
-        with atomic_save(path) as f:
-            torch.save(_plain(obj), f)
-            f.flush()  # a full disk fails here, inside `atomic_save`, which then deletes its temporary file
+        with atomic_file(path) as f: torch.save(_plain(obj), f)  # a full disk fails in the write or the flush; the temporary file goes
     except RuntimeError as e:  # torch's writer reports a failed write as a RuntimeError; the OSError is its context
         if isinstance(e.__context__, OSError): raise OSError(e.__context__.errno, e.__context__.strerror, str(path)) from None
         raise

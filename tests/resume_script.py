@@ -9,7 +9,7 @@ from pathlib import Path
 
 def hang_in_save(folder:Path, n:int, marker:Path):
     "Make the `n`-th write of `folder/resume.pth` stop after its temporary file is written, before the rename"
-    real,seen = os.rename,[0]  # fastcore's `atomic_save` (under `torch_save_atomic`) renames with `Path.rename`, which calls `os.rename`
+    real,seen = os.replace,[0]  # `atomic_file` (under `torch_save_atomic`) puts the file in place with `os.replace`
     def rename(src, dst, *args, **kwargs):
         if Path(dst) == folder/'resume.pth':
             seen[0] += 1
@@ -17,7 +17,7 @@ def hang_in_save(folder:Path, n:int, marker:Path):
                 marker.write_text(str(src))
                 time.sleep(600)  # the test kills us here
         return real(src, dst, *args, **kwargs)
-    os.rename = rename
+    os.replace = rename
 
 def main():
     p = argparse.ArgumentParser()

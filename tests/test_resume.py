@@ -52,7 +52,7 @@ def runs(tmp_path_factory):
     marker = Path(str(d/'killed2') + '.saving')
     wait_for(marker.exists, p, "the second save of the resume state")
     kill9(p)
-    res['tmp_left'] = sorted(o.name for o in ckpt.glob('tmp*tmp'))  # fastcore's `atomic_save` names its temporary files so
+    res['tmp_left'] = sorted(o.name for o in ckpt.glob('.*.finetune_nb-tmp'))  # `atomic_file` names its temporary files so
     res['state_after_kill2'] = load_state(ckpt/'resume.pth')['meta']
     res['tmp_complete'] = load_state(marker.read_text())['meta']  # what the killed write was about to put in place
     # 3. resume to the end
