@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_finetune.ipynb #7e45b1fc
 from __future__ import annotations
-import time, warnings
+import time, warnings, contextlib
 from fastai.vision.all import *
 from fastai.callback.tracker import EarlyStoppingCallback
 from .models import *
@@ -83,14 +83,17 @@ def run(self:Schedule, learn:Learner, cbs=None, # Callbacks for every phase's fi
         learn.ft_phase = i
         if adapters: plan = learn.apply_policy(p.group_policies(learn.n_groups, names), keep_state=self.keep_state)
         else: learn.set_trainable(_resolve(p.groups, learn.n_groups, names), keep_state=self.keep_state)
-        pcbs = L(cbs)
+        pcbs = L(cbs).copy()  # this phase's own list: the caller's, and the next phase's, stay as they were
         if adapters: pcbs.append(TrainsAsPlanned(plan))
         if self.patience: pcbs.append(EarlyStoppingCallback(monitor=self.monitor, patience=self.patience))
         if self.restore_best and not (ck and ck.writer): pcbs.append(RestoreBest(monitor=self.monitor))  # else the phase's best checkpoint
         if ck: pcbs.append(ck.callback(i))
         t0 = time.time() - (ck.elapsed(i) if ck else 0)
         try: fits[p.sched](p.epochs, p.group_lrs(learn.n_groups), cbs=pcbs)
-        finally: log.add_fit(learn, i, t0)
+        except BaseException:
+            with contextlib.suppress(Exception): log.add_fit(learn, i, t0)  # keep what the fit recorded; the error it raised is the one to see
+            raise
+        log.add_fit(learn, i, t0)
         if learn.cancel_schedule: break
         if ck: ck.phase_done(i)
     return log.history

@@ -215,6 +215,11 @@ def check(self:Schedule, learn:Learner):
     if next(learn.model.parameters(), None) is None: raise ValueError("The model has no parameters to train")
     if len(learn.dls.loaders) < 2 or not len(learn.dls.valid.dataset):
         raise ValueError("The validation set is empty: a schedule judges every phase on it; give the DataLoaders validation data (e.g. valid_pct=0.2)")
+    if not len(learn.dls.train):  # fastai drops the last incomplete training batch
+        n,bs = len(learn.dls.train.dataset),learn.dls.train.bs
+        raise ValueError(f"The training set has {n} items, fewer than one batch of {bs}, and fastai drops an incomplete training batch, so nothing would train: use bs={n} or less")
+    watched = ['train_loss', 'valid_loss'] + [m.name for m in learn.metrics]
+    if self.monitor not in watched: raise ValueError(f"monitor={self.monitor!r} is not recorded by this learner: choose one of {watched}")
     n,names,heads = learn.n_groups,list(learn.group_names),False
     for i,p in enumerate(self.phases):
         where = f"Phase {i}" + (f" ({p.name})" if p.name else "")
