@@ -13,7 +13,7 @@ from .checkpoints import *
 from .leftout import LeftOut
 
 # %% auto #0
-__all__ = ['adaptable', 'group_layers', 'lora_params', 'policy_table', 'ParamsByName', 'set_adapters', 'check_plan',
+__all__ = ['adaptable', 'group_layers', 'lora_params', 'max_rank', 'policy_table', 'ParamsByName', 'set_adapters', 'check_plan',
            'TrainsAsPlanned', 'uses_adapters', 'schedule_layout', 'plan_schedule', 'adapt_to_checkpoint',
            'adapt_for_resume', 'lora_schedule']
 
@@ -66,6 +66,12 @@ def lora_params(b:nn.Module, r:int, dora:bool=False) -> int:
     if isinstance(b, nn.Linear): return r*(b.in_features + b.out_features) + (b.out_features if dora else 0)
     return r*b.in_channels*math.prod(b.kernel_size) + b.out_channels*r + (b.out_channels if dora else 0)
 
+def max_rank(b:nn.Module) -> int:
+    "The rank of the weight matrix of the layer `b`, min(inputs, outputs): LoRA gains nothing from a higher rank"
+    if isinstance(b, nn.Embedding): return min(b.num_embeddings, b.embedding_dim)
+    if isinstance(b, nn.Linear): return min(b.in_features, b.out_features)
+    return min(b.in_channels//b.groups*math.prod(b.kernel_size), b.out_channels)
+
 # %% ../nbs/09a_adapters.ipynb #81cf64d0
 def _state_copies(learn:Learner) -> int:
     "Tensors the optimiser keeps per trained weight: 2 for Adam and its kin (both moments), 1 for SGD with momentum or RMSProp"
@@ -92,7 +98,9 @@ def _check_layers(learn:Learner, specs:list, layers:list, options:bool=True):
             if options and _is_lora(m) and (old := _adapter_spec(m)) != s:
                 raise ValueError(f"{where} its layer {n} already has adapters with other options ({old}): a group's adapters keep their options; "
                                  "give it the same ones, or set it to 'full' in a phase between (which merges them)")
-        if not any(_why_not(b) is None for n,m,b in ls): raise ValueError(f"{where} it has no layer LoRA can adapt: set it to 'full' or 'frozen'")
+        if not (ok := [b for n,m,b in ls if _why_not(b) is None]): raise ValueError(f"{where} it has no layer LoRA can adapt: set it to 'full' or 'frozen'")
+        if s['r'] > (top := max(map(max_rank, ok))):
+            raise ValueError(f"{where} its rank r={s['r']} is above the rank of every layer it adapts (at most {top}, min(inputs, outputs)): choose r <= {top}")
 
 def policy_table(learn:Learner, policies:list) -> pd.DataFrame:
     "What will train under `policies` (one per group), before anything changes: per group its policy, layers adapted, trainable weights and their memory with gradients and optimiser state"
@@ -147,6 +155,14 @@ def _remove(model:nn.Module, name:str, merge:bool):
     parent,_,attr = name.rpartition('.')
     setattr(model.get_submodule(parent) if parent else model, attr, m.get_base_layer())
 
+def _check_ranks(model:nn.Module, layout:dict, g_of:dict):
+    "Refuse, before anything is allocated, a rank above every rank of the layers of a group it adapts (a hand-edited file could ask for gigabytes)"
+    base,top = {n:b for n,m,b in _layers(model)},defaultdict(int)
+    if bad := [n for n in layout if n not in base or n not in g_of]: raise ValueError(f"The model has no layer {bad[0]!r} in a layer group to adapt")
+    for n,s in layout.items(): top[g_of[n], s['r']] = max(top[g_of[n], s['r']], max_rank(base[n]))
+    for (g,r),t in top.items():
+        if not 1 <= r <= t: raise ValueError(f"LoRA rank r={r} in group {g} is outside 1..{t}, the largest rank of the layers it adapts there")
+
 def set_adapters(learn:Learner, layout:dict, # Adapter options of each layer that should have adapters, by name
                  merge:bool=True): # Fold the adapters of the other layers into their weights (else drop them)
     "Give exactly the layers in `layout` adapters, keeping the groups, the learning rates and the optimiser state of every parameter that stays"
@@ -155,6 +171,7 @@ def set_adapters(learn:Learner, layout:dict, # Adapter options of each layer tha
     g_of = {n:i for i,ls in enumerate(groups) for n,m,b in ls}
     own,old = _owner(learn),learn.opt
     have = {n:_adapter_spec(m) for n,m,b in _layers(model) if _is_lora(m)}
+    _check_ranks(model, layout, g_of)
     if have == layout: return
     for n in have:
         if n not in layout or layout[n] != have[n]: _remove(model, n, merge and n not in layout)

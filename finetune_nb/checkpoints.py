@@ -15,7 +15,7 @@ from .schedule import *
 # %% auto #0
 __all__ = ['CheckpointError', 'read_checkpoint', 'bare_model', 'check_fits', 'load_weights', 'weights_finite', 'nonfinite',
            'rng_state', 'set_rng_state', 'default_ckpt_dir', 'claim_ckpt_dir', 'better', 'CheckpointDir',
-           'recorded_names', 'RunCheckpoints', 'PhaseCheckpoints', 'RestoreBest']
+           'RunCheckpoints', 'PhaseCheckpoints', 'RestoreBest']
 
 # %% ../nbs/08_checkpoints.ipynb #740980d2
 class CheckpointError(ValueError):
@@ -234,15 +234,6 @@ def table(self:CheckpointDir) -> pd.DataFrame:
             for k,e in self.entries.items()]
     return pd.DataFrame(rows).set_index('checkpoint') if rows else pd.DataFrame()
 
-# %% ../nbs/08_checkpoints.ipynb #d911b155
-def recorded_names(learn:Learner) -> list:
-    "Names of the values `learn.recorder` records every epoch, as its `before_fit` makes them"
-    r,names = learn.recorder,L(learn.metrics).attrgot('name')
-    if r.train_metrics and r.valid_metrics: names = (L('loss')+names).map('train_{}') + (L('loss')+names).map('valid_{}')
-    elif r.valid_metrics: names = L('train_loss', 'valid_loss') + names
-    else: names = L('train_loss') + names
-    return list(names)
-
 # %% ../nbs/08_checkpoints.ipynb #d6948846
 class RunCheckpoints:
     "The checkpoints of one run of `schedule` on `learn`: the start snapshot, each phase's best and last, and the resume state"
@@ -252,8 +243,6 @@ class RunCheckpoints:
         self.learn,self.schedule,self.monitor = learn,schedule,schedule.monitor
         self.comp,self.writer = better(self.monitor),rank_distrib()==0
         self.first,self.state,self.nonfinite = 0,None,[]  # the first phase to run, the state to continue it from, tensors seen non-finite
-        if self.monitor not in recorded_names(learn):
-            raise ValueError(f"The schedule monitors {self.monitor!r}, which this learner does not record: it records {', '.join(recorded_names(learn))}")
         path = Path(ifnone(path, default_ckpt_dir(learn)))
         self.dir = CheckpointDir(claim_ckpt_dir(path, resume) if self.writer else path)
         learn.ckpt_dir = self.dir.path

@@ -9,6 +9,7 @@ from fastai.vision.all import *
 from fastai.callback.tracker import EarlyStoppingCallback
 from .models import *
 from .groups import *
+from .groups import _unused_params
 from .discriminative import *
 from .schedule import *
 from .schedule import _resolve
@@ -53,6 +54,15 @@ def _split_one_group(learn:Learner):
     warnings.warn(f"The learner had one parameter group, so nothing could be unfrozen gradually: it is split with auto_splitter into {n} groups "
                   f"({', '.join(learn.group_names)}); give the Learner splitter=auto_splitter (or a splitter of your own) to choose yourself")
 
+# %% ../nbs/10_finetune.ipynb #37a5da1a
+def _resplit(learn:Learner):
+    "Split `learn` again where its groups cannot serve a schedule: one group, or `auto_splitter` without a sample batch while `forward` leaves parameters unused"
+    _split_one_group(learn)
+    sp = learn.splitter
+    if isinstance(sp, AutoSplitter) and sp.x is None and learn.n_groups > 1 and _unused_params(learn.model, learn.dls):
+        learn.splitter = AutoSplitter(sp.n_groups, x=learn.dls)  # `_split` warns which parameters get no group
+        learn.create_opt()
+
 # %% ../nbs/10_finetune.ipynb #dc0569a4
 @patch
 def run(self:Schedule, learn:Learner, cbs=None, # Callbacks for every phase's fit
@@ -61,7 +71,7 @@ def run(self:Schedule, learn:Learner, cbs=None, # Callbacks for every phase's fi
         checkpoints:bool=True) -> pd.DataFrame: # Keep the start, best and last weights of every phase, and the resume state
     "Run every phase on `learn` and return the per-epoch history"
     finetune_callbacks(learn)
-    _split_one_group(learn)
+    _resplit(learn)
     self.check(learn)
     if learn.n_groups == 1 and len(self.phases) > 1:
         raise ValueError(f"The learner has one parameter group and auto_splitter finds no layer groups in {type(bare_model(learn.model)).__name__}, "
@@ -69,13 +79,13 @@ def run(self:Schedule, learn:Learner, cbs=None, # Callbacks for every phase's fi
     adapters = uses_adapters(self)
     if adapters: plan_schedule(learn, self)  # every phase's policies checked against the layers before any work
     resuming = resume and (Path(ifnone(ckpt_dir, default_ckpt_dir(learn)))/'resume.pth').exists()
-    learn.set_bn_policy(self.bn_policy, adapt=not resuming)  # a resumed run loads the statistics it adapted with its weights
     log = learn.ft_log = FineTuneLog(self)
     learn.cancel_schedule = False  # a callback (e.g. a Stop button) sets it to end the whole schedule
     ck = None
     if checkpoints or resume:
         if resume and adapters: adapt_for_resume(learn, self, ckpt_dir)  # the saved weights include the adapters the run had then
         ck = RunCheckpoints(learn, self, ckpt_dir, resume)  # snapshots the start, or loads the state to resume from
+    learn.set_bn_policy(self.bn_policy, adapt=not resuming)  # after the start's snapshot; a resumed run loaded the statistics it adapted
     fits = dict(one_cycle=learn.fit_one_cycle, stlr=learn.fit_stlr, flat_cos=learn.fit_flat_cos, constant=learn.fit)
     names = list(learn.group_names)
     for i,p in enumerate(self.phases):
@@ -114,7 +124,7 @@ def fine_tune_progressive(self:Learner, epochs:int=3, # Epochs of the last phase
                           ckpt_dir:str|Path|None=None, # Checkpoint folder (default `learn.path/learn.model_dir/'finetune'`)
                           checkpoints:bool=True) -> pd.DataFrame: # Keep start, best and last weights and the resume state
     "Fine-tune with ULMFiT's gradual unfreezing and discriminative learning rates"
-    _split_one_group(self)
+    _resplit(self)
     if self.n_groups < 2:
         raise ValueError(f"fine_tune_progressive unfreezes layer groups one by one, but this learner has one and auto_splitter finds no layer groups in "
                          f"{type(bare_model(self.model)).__name__}: give the Learner a splitter (splitter=auto_splitter, or your own), or use fit_one_cycle")

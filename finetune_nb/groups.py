@@ -360,6 +360,19 @@ def fast_layout(model:nn.Module, xb:tuple): # A batch of inputs to try it on
         for m,t in modes: m.train(t)
     return _channels_last if same else noop
 
+# %% ../nbs/02_groups.ipynb #37641848
+def _store_statistics(model:nn.Module, acc:dict, old:dict, nb:int):
+    "Put the statistics `adapt_bn` gathered in `acc` into their layers, or, if any is not finite, the `old` ones back everywhere and say why"
+    names = {m:n for n,m in model.named_modules()}
+    new = {m:(mean, m2/(n-1)) for m,(n,mean,m2) in acc.items() if n >= 2}
+    bad = [names[m] for m,(mean,var) in new.items() if not (torch.isfinite(mean).all() and torch.isfinite(var).all())]
+    for m,(mean,var,nbt) in old.items():
+        if bad or m not in new: m.running_mean.copy_(mean); m.running_var.copy_(var); m.num_batches_tracked.copy_(nbt)
+        else: m.running_mean.copy_(new[m][0]); m.running_var.copy_(new[m][1]); m.num_batches_tracked.fill_(nb)
+    if bad: raise ValueError(f"Re-estimating the BatchNorm statistics on the training data gave values that are not finite in {', '.join(bad[:3])}"
+                             f"{' and more' if len(bad) > 3 else ''} (an input holds NaN, inf or values too large for float32): the statistics are left "
+                             "as they were. Remove those items (`audit_data` lists outliers), or keep the pretrained statistics with bn_policy='frozen'")
+
 # %% ../nbs/02_groups.ipynb #d2dafc8b
 @patch
 def adapt_bn(self:Learner, dl=None) -> int: # Items to estimate on; default: the training set, in order, none dropped
@@ -369,7 +382,8 @@ def adapt_bn(self:Learner, dl=None) -> int: # Items to estimate on; default: the
     if dl is None:
         tr = self.dls.train
         dl = tr.new(shuffle=False, drop_last=len(tr.dataset) % tr.bs == 1 and len(tr.dataset) > 1)  # a batch of one has no batch statistics
-    acc = {m:[0, 0., 0.] for m in bns}  # items, mean, sum of squared deviations per channel
+    acc = {m:[0, 0., 0.] for m in bns}
+    old = {m:(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in bns}  # back if the new ones break  # items, mean, sum of squared deviations per channel
     def hook(m, inp, out):  # with momentum 1 a layer's running statistics are its last batch's (unbiased variance)
         a,k = acc[m],inp[0].numel() // inp[0].shape[1]
         mb,m2b = m.running_mean.double(),m.running_var.double()*(k-1)
@@ -390,9 +404,7 @@ def adapt_bn(self:Learner, dl=None) -> int: # Items to estimate on; default: the
         for h in hooks: h.remove()
         for m,t in modes: m.train(t)
         for m,mo in moms: m.momentum = mo
-    for m,(n,mean,m2) in acc.items():
-        if n < 2: continue
-        m.running_mean.copy_(mean); m.running_var.copy_(m2/(n-1)); m.num_batches_tracked.fill_(nb)
+    _store_statistics(self.model, acc, old, nb)
     return nb
 
 # %% ../nbs/02_groups.ipynb #baf3a68b

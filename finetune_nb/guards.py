@@ -189,7 +189,9 @@ class DivergenceGuard(LeftOut, Callback):
     def _diverge(self, batch:int|None, kind:str|None=None, loss:float=math.nan, names:list=()):
         "Load back the snapshot, record and report what happened, and end the fit"
         learn,restored = self.learn,''
-        if self.snapshot and self.good_at: learn.model.load_state_dict(self.good); restored = self.good_at
+        if self.snapshot and self.good_at:
+            learn.model.load_state_dict(self.good); restored = self.good_at  # weights and statistics (BatchNorm's buffers are in the state dict)
+            if bad := _nonfinite(learn.model, params=True): restored += f", which are not finite either ({', '.join(bad[:3])}): check the data for extreme values"
         learn.opt.clear_state(); learn.opt.zero_grad()
         learn.diverged = _divergence(self, batch, kind, loss, list(names), restored)
         learn.cancel_schedule = True  # a running `Schedule` must not start its next phase

@@ -16,7 +16,8 @@ from .discriminative import *
 
 # %% auto #0
 __all__ = ['lr_policies', 'fit_scheds', 'adapter_policies', 'lora_defaults', 'max_schedule_bytes', 'Phase', 'policy_spec',
-           'Schedule', 'FineTuneLog', 'running_phase', 'phase_label', 'progressive_schedule', 'plot_fine_tune']
+           'Schedule', 'recorded_names', 'FineTuneLog', 'running_phase', 'phase_label', 'progressive_schedule',
+           'plot_fine_tune']
 
 # %% ../nbs/04_schedule.ipynb #bf6943ae
 lr_policies = ('ulmfit', 'layer_decay', 'slice', 'flat')
@@ -202,6 +203,15 @@ def table(self:Schedule, learn:Learner|None=None) -> pd.DataFrame:
         rows.append(r)
     return pd.DataFrame(rows).set_index('phase')
 
+# %% ../nbs/04_schedule.ipynb #d911b155
+def recorded_names(learn:Learner) -> list:
+    "Names of the values `learn.recorder` records every epoch, as its `before_fit` makes them"
+    r,names = learn.recorder,L(learn.metrics).attrgot('name')
+    if r.train_metrics and r.valid_metrics: names = (L('loss')+names).map('train_{}') + (L('loss')+names).map('valid_{}')
+    elif r.valid_metrics: names = L('train_loss', 'valid_loss') + names
+    else: names = L('train_loss') + names
+    return list(names)
+
 # %% ../nbs/04_schedule.ipynb #e1a19f92
 def _finite(v) -> bool: return _is_number(v) and math.isfinite(v)
 
@@ -218,8 +228,8 @@ def check(self:Schedule, learn:Learner):
     if not len(learn.dls.train):  # fastai drops the last incomplete training batch
         n,bs = len(learn.dls.train.dataset),learn.dls.train.bs
         raise ValueError(f"The training set has {n} items, fewer than one batch of {bs}, and fastai drops an incomplete training batch, so nothing would train: use bs={n} or less")
-    watched = ['train_loss', 'valid_loss'] + [m.name for m in learn.metrics]
-    if self.monitor not in watched: raise ValueError(f"monitor={self.monitor!r} is not recorded by this learner: choose one of {watched}")
+    if self.monitor not in (names := recorded_names(learn)):
+        raise ValueError(f"The schedule monitors {self.monitor!r}, which this learner does not record: it records {', '.join(names)}")
     n,names,heads = learn.n_groups,list(learn.group_names),False
     for i,p in enumerate(self.phases):
         where = f"Phase {i}" + (f" ({p.name})" if p.name else "")
