@@ -4,14 +4,14 @@
 
 # %% ../nbs/18_update.ipynb #b0fd8bd2
 from __future__ import annotations
-import json, time, hashlib, os, sys, argparse, contextlib, dataclasses
+import json, re, time, hashlib, os, sys, argparse, contextlib, dataclasses
 from dataclasses import dataclass
 from torch.utils.data import TensorDataset
 from fastai.basics import *
 from .groups import *
 from .schedule import Schedule, Phase
-from .saving import torch_save_atomic
-from .checkpoints import atomic_write_text, weights_finite
+from .saving import torch_save_atomic, atomic_write_text, drop_temporary, folder_lock
+from .checkpoints import weights_finite
 from .finetune import *  # `Schedule.run`
 
 # %% auto #0
@@ -239,6 +239,39 @@ def _json(o):
     if isinstance(o, float) and not np.isfinite(o): return None
     return o
 
+# %% ../nbs/18_update.ipynb #0e727798
+_entry_types = dict(id=str, status=str, file=(str, type(None)), weights=str, parent=(str, type(None)), vocab=list,
+                    data=(dict, type(None)), metrics=(dict, type(None)), parts=(dict, type(None)), note=(str, type(None)))
+
+def _check_entry(e, what:str) -> dict:
+    "`e` if it is a version's record with the keys and types that reading it needs; else a one-line `RegistryError` naming `what` it is"
+    if not isinstance(e, dict): raise RegistryError(f"{what} must be a record, got {e!r:.60}")
+    what += f" ({e['id']})" if isinstance(e.get('id'), str) else ''
+    for k in ('id', 'status') + (('file', 'weights', 'vocab') if e.get('status') == 'kept' else ()):
+        if k not in e: raise RegistryError(f"{what} has no {k!r}")
+    for k,t in _entry_types.items():
+        if k in e and not isinstance(e[k], t) or (k == 'file' and e['status'] == 'kept' and not e[k]):
+            raise RegistryError(f"{what}: {k!r} must be {' or '.join(o.__name__ for o in tuplify(t) if o is not type(None))}, got {e[k]!r:.60}")
+    if e['status'] not in ('kept', 'rejected'): raise RegistryError(f"{what}: 'status' must be 'kept' or 'rejected', got {e['status']!r:.60}")
+    return e
+
+def _check_index(d, f:Path) -> dict:
+    "`d` if it is a registry's index, every entry checked and `current` naming a kept one; else a one-line `RegistryError` on `f`"
+    if not isinstance(d, dict) or d.get('format') != _index_format or not isinstance(d.get('versions'), list):
+        raise RegistryError(f"{f} is not the index of a finetune_nb model registry")
+    m = d.get('model')
+    if m is not None and not (isinstance(m, dict) and all(isinstance(m.get(k), str) for k in ('name', 'head', 'signature'))):
+        raise RegistryError(f"{f}: 'model' must record the model's 'name', 'head' and 'signature' as strings, got {m!r:.80}")
+    for i,e in enumerate(d['versions']): _check_entry(e, f"{f}: versions[{i}]")
+    ids = [e['id'] for e in d['versions']]
+    if len(set(ids)) < len(ids): raise RegistryError(f"{f} names version {next(i for i in ids if ids.count(i) > 1)} twice")
+    if m is None and any(e['status'] == 'kept' for e in d['versions']): raise RegistryError(f"{f} has kept versions but no 'model' record")
+    cur = d.get('current')
+    if cur is not None and cur not in [e['id'] for e in d['versions'] if e['status'] == 'kept']:
+        raise RegistryError(f"{f}: 'current' names {cur!r:.60}, which is not a kept version of this registry")
+    if not isinstance(d.get('rollbacks', []), list): raise RegistryError(f"{f}: 'rollbacks' must be a list")
+    return d
+
 # %% ../nbs/18_update.ipynb #946b3f3d
 class ModelRegistry:
     "A folder of a model's versions: `versions.json`, the index of their lineage, and one weights file per version"
@@ -275,14 +308,13 @@ class ModelRegistry:
 # %% ../nbs/18_update.ipynb #41dfb888
 @patch
 def _read(self:ModelRegistry) -> dict:
-    "The index, or an empty one for a folder without it; a clear error if it is not a registry's index"
+    "The index, or an empty one for a folder without it; a one-line `RegistryError` if it is not a whole registry's index"
     f = self.index_file
     if not f.exists(): return dict(format=_index_format, model=None, current=None, versions=[])
     try: d = json.loads(f.read_text())
     except (OSError, ValueError) as e: raise RegistryError(f"Cannot read {f}: {e}") from None
-    if not isinstance(d, dict) or d.get('format') != _index_format or not isinstance(d.get('versions'), list):
-        raise RegistryError(f"{f} is not the index of a finetune_nb model registry")
-    return d
+    except RecursionError: raise RegistryError(f"Cannot read {f}: it is nested too deeply to be a registry's index") from None
+    return _check_index(d, f)
 
 @patch
 def _file(self:ModelRegistry, e:dict) -> Path:
@@ -297,9 +329,25 @@ def _file(self:ModelRegistry, e:dict) -> Path:
 
 @patch
 def _write_index(self:ModelRegistry):
-    "Write the index atomically, then delete the temporary files a killed writer left (fastcore's `atomic_save` names them `tmp*tmp`)"
+    "Write the index atomically (under the folder's lock), then delete the temporary files that killed finetune_nb writers left"
     atomic_write_text(json.dumps(_json(self.index), indent=1), self.index_file)
-    for f in self.path.glob('tmp*tmp'): f.unlink(missing_ok=True)
+    drop_temporary(self.path)
+
+# %% ../nbs/18_update.ipynb #20774b2b
+@patch
+@contextlib.contextmanager
+def _writing(self:ModelRegistry):
+    "Hold the folder's lock for a write, the index read again under it, so that the write starts from every write before it"
+    with folder_lock(self.path):
+        self.index = self._read()
+        yield self
+
+@patch
+def _next_id(self:ModelRegistry) -> str:
+    "The id of the next version: past every id in the index and every version file in the folder, so that none is used twice"
+    names = [e['id'] for e in self.versions] + [Path(e['file']).stem for e in self.versions if e.get('file')] + [f.stem for f in self.path.glob('v*.pt')]
+    ns = [int(n[1:]) for n in names if re.fullmatch(r'v\d+', n)]
+    return f"v{max(ns, default=0)+1}"
 
 # %% ../nbs/18_update.ipynb #26ed63f9
 @patch
@@ -315,6 +363,36 @@ def check_model(self:ModelRegistry, model:nn.Module, head:str|None=None, input_s
     if input_shape is not None and m.get('input_shape') is not None and list(input_shape) != list(m['input_shape']):
         raise RegistryError(f"{self.path} holds a model for inputs of shape {tuple(m['input_shape'])}, not {tuple(input_shape)}")
 
+# %% ../nbs/18_update.ipynb #04206598
+def _part_bytes(o) -> bytes:
+    if isinstance(o, Tensor): return f'{o.dtype}{tuple(o.shape)}:'.encode() + _tensor_bytes(o)
+    if isinstance(o, dict): return b'{' + b','.join(_part_bytes(k) + b':' + _part_bytes(o[k]) for k in sorted(o)) + b'}'
+    if isinstance(o, (list, tuple)): return b'[' + b','.join(map(_part_bytes, o)) + b']'
+    return json.dumps(o).encode()
+
+_parts = ('vocab', 'head', 'replay', 'holdout')
+
+def _version_parts(saved:dict) -> dict:
+    "Fingerprint of each part of a saved version besides its weights: the class names, the classifier's name, the replay sample, the holdout"
+    return {k: hashlib.sha256(_part_bytes(saved.get(k))).hexdigest()[:16] for k in _parts}
+
+# %% ../nbs/18_update.ipynb #5e80e118
+def _version_problem(sd:dict, head:str, vocab:list, replay:ItemSet|None, holdout:ItemSet|None) -> str|None:
+    "What makes a version unusable by an update (classes that do not fit the classifier, labels out of range, inputs not finite), or `None`"
+    w = sd.get(f'{head}.weight')
+    if not isinstance(w, Tensor) or w.ndim != 2: return f"its weights have no classifier {head!r}"
+    n = w.shape[0]
+    if len(vocab) != n: return f"it names {len(vocab)} classes for the {n} outputs of its classifier {head!r}"
+    for name,its in (('replay sample', replay), ('holdout', holdout)):
+        if its is None: continue
+        y = its.labels
+        if any(not isinstance(x, Tensor) or len(x) != len(y) for x in its.xs): return f"its {name} has elements of different lengths"
+        if y.ndim != 1 or y.is_floating_point() or y.dtype == torch.bool: return f"the labels of its {name} are not class indices"
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= n):
+            return f"its {name} has the label {int(y.min()) if int(y.min()) < 0 else int(y.max())}, outside the {n} classes of its classifier"
+        if any(x.is_floating_point() and not bool(torch.isfinite(x).all()) for x in its.xs[:-1]): return f"its {name} holds inputs that are NaN or infinite"
+    return None
+
 # %% ../nbs/18_update.ipynb #20a03a5d
 def _now() -> str: return time.strftime('%Y-%m-%d %H:%M:%S')
 
@@ -326,38 +404,44 @@ def commit(self:ModelRegistry, model:nn.Module, # The model whose weights become
            replay:ItemSet|None=None, # Sample of the data it was trained on, for the next update
            holdout:ItemSet|None=None, # Validation items the next update's gate checks for forgetting
            **meta) -> dict: # Recorded in the index: data, schedule, metrics, drift, note...
-    "Save `model` as the new current version: its weights file first, then the index, each atomically"
+    "Save `model` as the new current version, under the folder's lock: a new weights file first, then the index, each atomically"
+    sd,vocab = {k:v.detach().cpu().clone() for k,v in model.state_dict().items()},[str(o) for o in vocab]
+    problem = _version_problem(sd, head, vocab, replay, holdout)
+    if problem: raise ValueError(f"Cannot commit this version to {self.path}: {problem}")
     src = replay if replay is not None else holdout
-    self.check_model(model, head, src.input_shape if src is not None else None)
-    vid = f"v{len(self.versions)+1}"
-    sd = {k:v.detach().cpu().clone() for k,v in model.state_dict().items()}
-    e = dict(id=vid, parent=parent, status='kept', file=f'{vid}.pt', time=time.time(), when=_now(),
-             n_classes=len(vocab), vocab=[str(o) for o in vocab], weights=weights_fingerprint(sd), **meta)
-    torch_save_atomic(dict(format=_index_format, id=vid, state_dict=sd, vocab=e['vocab'], head=head,
-                           replay=replay.to_dict() if replay is not None else None,
-                           holdout=holdout.to_dict() if holdout is not None else None), self.path/e['file'])
-    if self.index['model'] is None:
-        self.index['model'] = dict(name=type(model).__name__, head=head, signature=model_signature(model, head),
-                                   input_shape=list(src.input_shape) if src is not None else None)
-    self.index['versions'].append(_json(e))
-    self.index['current'] = vid
-    self._write_index()
+    saved = dict(format=_index_format, state_dict=sd, vocab=vocab, head=head, replay=replay.to_dict() if replay is not None else None,
+                 holdout=holdout.to_dict() if holdout is not None else None)
+    with self._writing():
+        self.check_model(model, head, src.input_shape if src is not None else None)
+        vid = self._next_id()
+        e = _json(dict(id=vid, parent=parent, status='kept', file=f'{vid}.pt', time=time.time(), when=_now(), n_classes=len(vocab),
+                       vocab=vocab, weights=weights_fingerprint(sd), parts=_version_parts(saved), **meta))
+        _check_entry(e, 'The new version')  # e.g. `data` that is not a dict
+        torch_save_atomic(dict(saved, id=vid), self.path/e['file'])
+        if self.index['model'] is None:
+            self.index['model'] = dict(name=type(model).__name__, head=head, signature=model_signature(model, head),
+                                       input_shape=list(src.input_shape) if src is not None else None)
+        self.index['versions'].append(e)
+        self.index['current'] = vid
+        self._write_index()
     return self.entry(vid)
 
 # %% ../nbs/18_update.ipynb #656277a4
 @patch
 def record_rejected(self:ModelRegistry, parent:str|None, **meta) -> dict:
-    "Note an update the gate rejected, in the lineage and without weights; the current version stays"
-    vid = f"v{len(self.versions)+1}"
-    (self.path/f'{vid}.pt').unlink(missing_ok=True)  # weights a killed commit left under this id
-    self.index['versions'].append(_json(dict(id=vid, parent=parent, status='rejected', file=None, time=time.time(), when=_now(), **meta)))
-    self._write_index()
+    "Note an update the gate rejected, in the lineage and without weights, under the folder's lock; the current version stays"
+    with self._writing():
+        vid = self._next_id()
+        e = _json(dict(id=vid, parent=parent, status='rejected', file=None, time=time.time(), when=_now(), **meta))
+        _check_entry(e, 'The new entry')
+        self.index['versions'].append(e)
+        self._write_index()
     return self.entry(vid)
 
 # %% ../nbs/18_update.ipynb #6f5f962c
 @patch
 def load(self:ModelRegistry, version:str|None=None) -> dict:
-    "The saved state of `version` (default: the current one): `state_dict`, `vocab`, `head`, `replay`, `holdout` and its `entry`"
+    "The saved state of `version` (default: the current one), checked against the index: `state_dict`, `vocab`, `head`, `replay`, `holdout` and its `entry`"
     if not self.versions: raise RegistryError(f"{self.path} holds no versions yet")
     e = self.entry(ifnone(version, self.current))
     f = self._file(e)
@@ -367,7 +451,14 @@ def load(self:ModelRegistry, version:str|None=None) -> dict:
     if not isinstance(d, dict) or d.get('id') != e['id'] or not isinstance(d.get('state_dict'), dict):
         raise RegistryError(f"{f} does not hold version {e['id']}")
     if weights_fingerprint(d['state_dict']) != e['weights']: raise RegistryError(f"{f} does not hold the weights the index records for {e['id']}")
-    d['replay'],d['holdout'],d['entry'] = ItemSet.from_dict(d['replay']),ItemSet.from_dict(d['holdout']),e
+    diff = [k for k,v in _version_parts(d).items() if k in (e.get('parts') or {}) and e['parts'][k] != v]
+    if d.get('vocab') != e['vocab']: diff = ['vocab'] + [k for k in diff if k != 'vocab']
+    if diff: raise RegistryError(f"{f} does not hold the {', '.join(diff)} the index records for {e['id']}")
+    try: d['replay'],d['holdout'] = ItemSet.from_dict(d.get('replay')),ItemSet.from_dict(d.get('holdout'))
+    except (KeyError, TypeError, ValueError) as err: raise RegistryError(f"{f} holds a replay sample or holdout that is not items: {err}") from None
+    problem = _version_problem(d['state_dict'], d.get('head'), d['vocab'], d['replay'], d['holdout'])
+    if problem: raise RegistryError(f"{f} ({e['id']}) cannot be used: {problem}")
+    d['entry'] = e
     return d
 
 # %% ../nbs/18_update.ipynb #a45ca39f
@@ -386,17 +477,19 @@ def load_into(self:ModelRegistry, model:nn.Module|Learner, version:str|None=None
 
 @patch
 def rollback(self:ModelRegistry, version:str|None=None) -> dict:
-    "Make `version` (default: the parent of the current one) the current version again"
-    cur = self.latest
-    if cur is None: raise RegistryError(f"{self.path} holds no versions to roll back")
-    version = ifnone(version, cur.get('parent'))
-    if version is None: raise RegistryError(f"{cur['id']} is the first version in {self.path}: there is nothing to roll back to")
-    e = self.entry(version)
-    if e['status'] == 'rejected': raise RegistryError(f"{version} was rejected by the gate and has no weights")
-    self._file(e)
-    self.index.setdefault('rollbacks', []).append({'time': time.time(), 'from': cur['id'], 'to': version})
-    self.index['current'] = version
-    self._write_index()
+    "Make `version` (default: the parent of the current one) the current version again, under the folder's lock"
+    if not self.index_file.exists(): raise RegistryError(f"{self.path} holds no versions to roll back")
+    with self._writing():
+        cur = self.latest
+        if cur is None: raise RegistryError(f"{self.path} holds no versions to roll back")
+        version = ifnone(version, cur.get('parent'))
+        if version is None: raise RegistryError(f"{cur['id']} is the first version in {self.path}: there is nothing to roll back to")
+        e = self.entry(version)
+        if e['status'] == 'rejected': raise RegistryError(f"{version} was rejected by the gate and has no weights")
+        self._file(e)
+        self.index.setdefault('rollbacks', []).append({'time': time.time(), 'from': cur['id'], 'to': version})
+        self.index['current'] = version
+        self._write_index()
     return e
 
 # %% ../nbs/18_update.ipynb #26930522
@@ -611,22 +704,30 @@ def update_schedule(epochs:int=3, # Epochs with every group training
     return Schedule([Phase(1, head_epochs, lr_max, name='head'), Phase('all', epochs, lr_max, factor=factor, sched=sched, name='all')])
 
 # %% ../nbs/18_update.ipynb #a8cee72f
+_data_keys = ('fingerprint', 'n_train', 'n_valid', 'n_seen', 'class_counts')
+
 def _old_state(learn:Learner, reg, head:str, n_replay:int, by:str, n_holdout:int, seed:int) -> dict:
     "What the model knows: its classes, a replay sample and validation items of its data, and their record, from its version or from `learn.dls`"
+    d = None
     if reg is not None and reg.current is not None and reg.latest['weights'] == weights_fingerprint(learn.model.state_dict()):
         d = reg.load()
-        return dict(d['entry']['data'], vocab=d['vocab'], pool=d['replay'], holdout=d['holdout'], version=d['entry']['id'])
+        data = d['entry'].get('data') or {}
+        if d['holdout'] is not None and all(k in data for k in _data_keys):
+            return dict({k:data[k] for k in _data_keys}, vocab=d['vocab'], pool=d['replay'], holdout=d['holdout'], version=d['entry']['id'])
     dls = learn.dls
     ytr,yva = _labels(dls.train.dataset),_labels(dls.valid.dataset)
-    if not len(yva): raise ValueError("learn.dls has no validation items: the gate checks the updated model on the old validation data")
+    src = f"version {d['entry']['id']} of {reg.path} keeps no holdout, and learn.dls" if d is not None else "learn.dls"
+    if not len(yva): raise ValueError(f"{src} has no validation items: the gate checks the updated model on the old validation data")
     n_out = learn.model.get_submodule(head).out_features
     vocab = _data_vocab(dls, np.concatenate([ytr, yva]))
     vocab += [str(i) for i in range(len(vocab), n_out)]  # integer labels the data lack: the classifier still has them
     if len(vocab) != n_out: raise ValueError(f"The classifier {head!r} has {n_out} outputs but learn.dls has {len(vocab)} classes: is it the data the model was trained on?")
     pool = ItemSet.from_dl(dls.train, sample_items(ytr, n_replay, by, seed=seed)) if n_replay and len(ytr) else None
-    return dict(vocab=vocab, pool=pool, holdout=ItemSet.from_dl(dls.valid, sample_items(yva, n_holdout, 'class', seed=seed)),
-                version=None, fingerprint=data_fingerprint(dls.train.dataset), n_train=len(ytr), n_valid=len(yva),
-                n_seen=len(ytr), class_counts=np.bincount(ytr, minlength=n_out).tolist())
+    res = dict(vocab=vocab, pool=pool, holdout=ItemSet.from_dl(dls.valid, sample_items(yva, n_holdout, 'class', seed=seed)),
+               version=None, fingerprint=data_fingerprint(dls.train.dataset), n_train=len(ytr), n_valid=len(yva),
+               n_seen=len(ytr), class_counts=np.bincount(ytr, minlength=n_out).tolist())
+    if d is not None: res.update(vocab=d['vocab'], version=d['entry']['id'], pool=ifnone(d['replay'], pool))  # a minimal version: its classes, the rest from learn.dls
+    return res
 
 # %% ../nbs/18_update.ipynb #86e9bb6a
 def _check_new(new_dls) -> tuple:

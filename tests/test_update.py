@@ -1,6 +1,6 @@
 """`learn.update`: a `kill -9` during an update leaves the previous version current and loadable; a rejected update rolls back
 bit for bit; head growth keeps the old classes' weights; bad input is refused before any work; `finetune_nb update` runs."""
-import os, signal, subprocess, sys, textwrap, time
+import json, os, signal, subprocess, sys, textwrap, time
 from pathlib import Path
 import pytest, torch
 torch.set_num_threads(1)
@@ -53,13 +53,14 @@ SCRIPT = textwrap.dedent("""
         def before_train(self): (d/'training').touch()
         def after_batch(self): time.sleep(0.05)
     if mode == 'commit':  # hang inside the index write of the new version: its temporary file written, not yet renamed
-        rename,n = pathlib.Path.rename,[0]
-        def hang(self, target):
-            if Path(target).name == 'versions.json':
+        import os
+        replace,n = os.replace,[0]
+        def hang(src, dst):
+            if Path(dst).name == 'versions.json':
                 n[0] += 1
-                if n[0] == 2: (d/'committing').write_text(str(self)); time.sleep(600)
-            return rename(self, target)
-        pathlib.Path.rename = hang
+                if n[0] == 2: (d/'committing').write_text(str(src)); time.sleep(600)
+            return replace(src, dst)
+        os.replace = hang
     with learn.no_bar(), learn.no_logging():
         learn.update(digits_stream(range(5, 10), part=0), registry=reg_dir, epochs=1, seed=0,
                      cbs=Slow() if mode == 'train' else None, gate=UpdateGate() if mode == 'train' else None)  # 'commit': kept whatever it does
@@ -94,17 +95,20 @@ def test_kill_during_commit_keeps_previous_version(base, tmp_path):
     "SIGKILL inside the write of the new version's index: the old index is whole, and a later update continues from it"
     reg_dir = run_until(tmp_path, 'commit', 'committing')
     assert (reg_dir/'v2.pt').exists()  # the new weights were written, but the index never named them
-    assert list(reg_dir.glob('tmp*tmp'))  # the index's temporary file the kill left
+    assert list(reg_dir.glob('.versions.json.*.finetune_nb-tmp'))  # the index's temporary file the kill left
+    (reg_dir/'tmp_notes_tmp').write_text('mine')  # a file of the user's, named as fastcore's temporary files are
     reg = ModelRegistry(reg_dir)
     assert (reg.current, [e['id'] for e in reg.versions]) == ('v1', ['v1'])
     before = torch.load(tmp_path/'before.pt', weights_only=True)
     learn = fresh(base, tmp_path)
     reg.load_into(learn)
     assert_same(learn.model, before)
-    r = quiet_update(learn, base['classes'], registry=reg, epochs=1, gate=None)  # the registry goes on: v2 is written again, whole
-    assert r.kept and ModelRegistry(reg_dir).current == 'v2'
-    assert not list(reg_dir.glob('tmp*tmp'))  # the next write cleaned up
-    assert_same(learn.model, {k:v.to(learn.model.head.weight.device) for k,v in ModelRegistry(reg_dir).load('v2')['state_dict'].items()})
+    orphan = (reg_dir/'v2.pt').read_bytes()
+    r = quiet_update(learn, base['classes'], registry=reg, epochs=1, gate=None)  # the registry goes on, under an id never used
+    assert r.kept and r.version == 'v3' and ModelRegistry(reg_dir).current == 'v3'
+    assert (reg_dir/'v2.pt').read_bytes() == orphan  # a version file is never written twice
+    assert not list(reg_dir.glob('*finetune_nb-tmp')) and (reg_dir/'tmp_notes_tmp').read_text() == 'mine'  # only ours cleaned up
+    assert_same(learn.model, {k:v.to(learn.model.head.weight.device) for k,v in ModelRegistry(reg_dir).load('v3')['state_dict'].items()})
 
 # ---------------------------------------------------------------- the gate and rollback
 def test_gate_rejects_lr_100x_and_rolls_back_bit_identical(base, tmp_path):
@@ -172,13 +176,22 @@ def test_bad_input_refused_before_any_work(base, tmp_path):
     with pytest.raises(ValueError, match="replay must be"): learn.update(base['classes'], registry=False, replay=-1)
     with pytest.raises(ValueError, match="tol must be between 0 and 1"): learn.update(base['classes'], registry=False, gate=UpdateGate(tol=5))
 
+def test_update_from_a_minimal_commit(base, tmp_path):
+    "A version committed with only the model, its classifier and its classes: the update takes the rest from `learn.dls`"
+    learn = fresh(base, tmp_path)
+    ModelRegistry(tmp_path/'reg').commit(learn.model, 'head', list('01234'))
+    r = quiet_update(learn, base['thick'], registry=tmp_path/'reg', epochs=1, drift=False, gate=None, replay=50, holdout=100)
+    assert r.kept and (r.backup, r.version) == ('v1', 'v2')
+    d = ModelRegistry(tmp_path/'reg').load()
+    assert d['entry']['parent'] == 'v1' and len(d['holdout']) > 0 and d['entry']['data']['n_seen'] > 0
+
 # ---------------------------------------------------------------- the command line
 def cli(*args):
     code = "import sys; from finetune_nb.update import update_main; sys.exit(update_main(sys.argv[1:]))"
     return subprocess.run([sys.executable, '-c', code, *args], capture_output=True, text=True, env=ENV, timeout=TIMEOUT)
 
 def test_cli_runs_and_prints_gate_table_and_registry(tmp_path):
-    out = tmp_path/'upd'
+    out = tmp_path/'upd'; out.mkdir(); (out/'tmp_notes_tmp').write_text('mine')
     r = cli('--out', str(out), '--steps', 'classes', '--epochs', '1', '--tol', '0.2', '--class-tol', '0.5', '--quiet')
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'Update kept as v2' in r.stdout, r.stdout
@@ -197,3 +210,12 @@ def test_cli_runs_and_prints_gate_table_and_registry(tmp_path):
     r = cli('--out', str(out), '--arch', 'efficientnet_lite0', '--steps', 'thick')
     assert r.returncode == 2 and 'holds versions of another model' in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert len(ModelRegistry(out)) == 2
+    assert (out/'tmp_notes_tmp').read_text() == 'mine'  # the registry deletes only its own temporary files
+
+def test_cli_broken_index_is_one_line(tmp_path):
+    "An index whose `current` names a version it does not have: one line on stderr, exit status 2"
+    out = tmp_path/'upd'; out.mkdir()
+    (out/'versions.json').write_text(json.dumps(dict(format='finetune_nb.registry/1', model=None, current='v3', versions=[])))
+    r = cli('--out', str(out), '--steps', 'thick')
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-3000:]
+    assert r.stderr.startswith('finetune_nb update: error: ') and "'current' names 'v3'" in r.stderr, r.stderr
