@@ -4,6 +4,7 @@
 
 # %% ../nbs/02c_charts.ipynb #d7f56fc9
 from __future__ import annotations
+import html
 from fastai.basics import *
 
 # %% auto #0
@@ -52,7 +53,7 @@ class ChartSpec:
 def svg_chart(spec:ChartSpec, w:int=300, h:int=170) -> str:
     "`spec` as a small SVG line chart, `w` by `h` pixels, with its legend"
     lines,pad = spec.lines(),28
-    body = f"<text x='{w/2}' y='12' font-size='11' text-anchor='middle' fill='{'#d62728' if spec.alert else 'black'}'>{spec.title}</text>"
+    body = f"<text x='{w/2}' y='12' font-size='11' text-anchor='middle' fill='{'#d62728' if spec.alert else 'black'}'>{html.escape(str(spec.title))}</text>"
     if lines:
         allx = np.concatenate([l[1] for l in lines]); ally = np.concatenate([l[2] for l in lines])
         ok = np.isfinite(ally) & ((ally > 0) if spec.logy else True)
@@ -65,17 +66,17 @@ def svg_chart(spec:ChartSpec, w:int=300, h:int=170) -> str:
             X = lambda v: pad + (v-x0)/(x1-x0)*(w-pad-6)
             Y = lambda v: h-16 - (ty(v)-y0)/(y1-y0)*(h-36)
             for m,label in spec.marks:
-                if x0 <= m <= x1: body += f"<line x1='{X(m):.1f}' x2='{X(m):.1f}' y1='18' y2='{h-16}' stroke='#999' stroke-dasharray='3,3'><title>{label}</title></line>"
+                if x0 <= m <= x1: body += f"<line x1='{X(m):.1f}' x2='{X(m):.1f}' y1='18' y2='{h-16}' stroke='#999' stroke-dasharray='3,3'><title>{html.escape(str(label))}</title></line>"
             for k,(name,xs,ys) in enumerate(lines):
                 good = np.isfinite(ys) & ((ys > 0) if spec.logy else True)
                 pts = ' '.join(f"{X(a):.1f},{Y(b):.1f}" for a,b in zip(xs[good], ys[good]))
                 col = _palette[k % len(_palette)]
-                body += f"<polyline fill='none' stroke='{col}' stroke-width='1.5' points='{pts}'><title>{name}</title></polyline>"
+                body += f"<polyline fill='none' stroke='{col}' stroke-width='1.5' points='{pts}'><title>{html.escape(str(name))}</title></polyline>"
                 if good.sum() == 1 or len(xs) < 30: body += ''.join(f"<circle cx='{X(a):.1f}' cy='{Y(b):.1f}' r='2' fill='{col}'/>" for a,b in zip(xs[good], ys[good]))
             fmt = (lambda v: f"{10**v:.0e}") if spec.logy else (lambda v: f"{v:.3g}")
             body += f"<text x='2' y='22' font-size='9'>{fmt(y1)}</text><text x='2' y='{h-18}' font-size='9'>{fmt(y0)}</text>"
             body += f"<text x='{w-4}' y='{h-4}' font-size='9' text-anchor='end'>{int(x1)}</text>"
-    legend = ''.join(f"<span style='color:{_palette[k % len(_palette)]}'>■</span> {name} " for k,(name,_,_) in enumerate(lines)) if len(lines) <= 10 else ''
+    legend = ''.join(f"<span style='color:{_palette[k % len(_palette)]}'>■</span> {html.escape(str(name))} " for k,(name,_,_) in enumerate(lines)) if len(lines) <= 10 else ''
     return f"<div style='display:inline-block;margin:2px'><svg width='{w}' height='{h}' style='background:#fff;border:1px solid #ddd'>{body}</svg><div style='font-size:10px;max-width:{w}px'>{legend}</div></div>"
 
 # %% ../nbs/02c_charts.ipynb #91d26003

@@ -11,9 +11,11 @@ from fastai.interpret import Interpretation, ClassificationInterpretation
 from fastai.callback.tracker import TrackerCallback
 from fastai.vision.core import TensorImageBase
 from .schedule import FineTuneLog
+from .saving import atomic_file
 
 # %% auto #0
-__all__ = ['phase_table', 'confusion_table', 'per_class_table', 'top_loss_table', 'FineTuneReport', 'finetune_report']
+__all__ = ['page_css', 'phase_table', 'confusion_table', 'per_class_table', 'top_loss_table', 'csv_cell', 'csv_uncell',
+           'csv_safe', 'html_table', 'html_page', 'img_tag', 'save_page', 'FineTuneReport', 'finetune_report']
 
 # %% ../nbs/11_report.ipynb #29cb7223
 def _check_valid(learn:Learner):
@@ -157,6 +159,75 @@ def _valid_input(dl, i:int):
     items = getattr(ds, 'items', None)
     return (x[0] if isinstance(x, tuple) else x), (items[i] if items is not None else i)
 
+# %% ../nbs/11_report.ipynb #fcb48cbc
+_formula_start = ('=', '+', '-', '@', '\t', '\r')
+
+def csv_cell(v):
+    "`v` as a CSV cell a spreadsheet shows as text: a leading `'` on text that starts like a formula (or with `'`)"
+    return "'" + v if isinstance(v, str) and v.startswith(_formula_start + ("'",)) else v
+
+# %% ../nbs/11_report.ipynb #710596b0
+def csv_uncell(v):
+    "The value that `csv_cell` turned into the cell `v`"
+    return v[1:] if isinstance(v, str) and v.startswith("'") and v[1:].startswith(_formula_start + ("'",)) else v
+
+# %% ../nbs/11_report.ipynb #7cbdb650
+def _is_text(s) -> bool: return pd.api.types.is_object_dtype(s) or pd.api.types.is_string_dtype(s)
+
+def csv_safe(df:pd.DataFrame) -> pd.DataFrame:
+    "A copy of `df` whose text cells, index and column labels (class names, in a confusion matrix) are `csv_cell`s"
+    d = df.copy()
+    for c in d.columns:
+        if _is_text(d[c]): d[c] = d[c].map(csv_cell)
+    if _is_text(d.index): d.index = d.index.map(csv_cell)
+    if _is_text(d.columns): d.columns = d.columns.map(csv_cell)
+    return d
+
+# %% ../nbs/11_report.ipynb #709ff6d3
+def html_table(df:pd.DataFrame, # The table (its index is left out)
+               raw=(), # Columns whose cells are HTML we made (thumbnails): not escaped
+               float_format=None): # How to write floats (default: 4 significant digits)
+    "`df` as an HTML table, every header and cell escaped except the cells of the columns `raw`"
+    fmt = ifnone(float_format, '{:.4g}'.format)
+    def cell(c, v): return str(v) if c in raw else html.escape(fmt(v) if isinstance(v, (float, np.floating)) else str(v))
+    head = ''.join(f'<th>{html.escape(str(c))}</th>' for c in df.columns)
+    rows = ''.join('<tr>' + ''.join(f'<td>{cell(c, v)}</td>' for c,v in zip(df.columns, r)) + '</tr>\n' for r in df.itertuples(index=False))
+    return f'<table class="dataframe">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}</tbody>\n</table>'
+
+# %% ../nbs/11_report.ipynb #5be838cc
+page_css = ("body{font-family:sans-serif;max-width:1100px;margin:1em auto} table{border-collapse:collapse;font-size:12px}"
+            " td,th{border:1px solid #ccc;padding:2px 6px;text-align:right} .note{color:#a04000}")
+
+def html_page(title:str, body:str) -> str:
+    "A whole self-contained page: `title` (escaped) around `body` (HTML we made)"
+    return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{page_css}</style></head>'
+            f'<body>\n{body}\n</body></html>\n')
+
+# %% ../nbs/11_report.ipynb #1c19a67c
+def img_tag(png:bytes, alt:str, style:str='') -> str:
+    "An `<img>` carrying `png` inside it as a `data:` URI"
+    st = f' style="{html.escape(style)}"' if style else ''
+    return f'<img alt="{html.escape(alt)}"{st} src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+# %% ../nbs/11_report.ipynb #c793d110
+def save_page(folder:str|Path, # Folder to write into (made if need be)
+              pngs:dict|None=None, # name -> PNG bytes, written as `name.png`
+              tables:dict|None=None, # name -> (DataFrame, write its index?), written as `name.csv` through `csv_safe`
+              pages:dict|None=None, # file name -> HTML text
+             ) -> dict:
+    "Write each file into `folder` atomically (`atomic_file`); their paths by file name"
+    folder,paths = Path(folder),{}
+    for k,png in (pngs or {}).items():
+        paths[f'{k}.png'] = folder/f'{k}.png'
+        with atomic_file(paths[f'{k}.png']) as f: f.write(png)
+    for k,(df,index) in (tables or {}).items():
+        paths[f'{k}.csv'] = folder/f'{k}.csv'
+        with atomic_file(paths[f'{k}.csv']) as f: csv_safe(df).to_csv(f, index=index, encoding='utf-8')
+    for k,page in (pages or {}).items():
+        paths[k] = folder/k
+        with atomic_file(paths[k]) as f: f.write(page.encode('utf-8'))
+    return paths
+
 # %% ../nbs/11_report.ipynb #68e91040
 def _fmt(name:str, v) -> str:
     "`v` as a percentage for rate-like metrics, else with 4 significant digits"
@@ -286,13 +357,6 @@ def pngs(self:FineTuneReport) -> dict:
     return self._pngs
 
 # %% ../nbs/11_report.ipynb #190aa213
-_css = ("body{font-family:sans-serif;max-width:1100px;margin:1em auto} table{border-collapse:collapse;font-size:12px}"
-        " td,th{border:1px solid #ccc;padding:2px 6px;text-align:right} .note{color:#a04000}")
-
-def _img(png:bytes, alt:str) -> str:
-    "An `<img>` tag carrying `png` inside it"
-    return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-
 @patch
 def html(self:FineTuneReport, full:bool=True) -> str:
     "The report as HTML with its charts embedded; `full` for a whole page"
@@ -301,15 +365,14 @@ def html(self:FineTuneReport, full:bool=True) -> str:
     if self.images and 'input' in tl: tl = tl.drop(columns='input')
     parts = [f"<h2>Fine-tuning report</h2><h3>{html.escape(self.headline)}</h3>",
              *[f'<p class="note">{html.escape(n)}</p>' for n in self.notes],
-             "<h3>Through the phases</h3>", _img(p['phases'], 'metrics through the phases'), _shown(self.phases).to_html(float_format=f, na_rep=''),
-             f"<h3>Per class (overall accuracy {self.accuracy:.1%})</h3>", _img(p['per_class'], 'accuracy per class'),
-             self.per_class.to_html(float_format=f), "<h3>Confusion matrix</h3>", _img(p['confusion'], 'confusion matrix'),
+             "<h3>Through the phases</h3>", img_tag(p['phases'], 'metrics through the phases'), _shown(self.phases).to_html(float_format=f, na_rep=''),
+             f"<h3>Per class (overall accuracy {self.accuracy:.1%})</h3>", img_tag(p['per_class'], 'accuracy per class'),
+             self.per_class.to_html(float_format=f), "<h3>Confusion matrix</h3>", img_tag(p['confusion'], 'confusion matrix'),
              "<h3>Most confidently wrong validation items</h3>",
-             _img(p['top_losses'], 'top losses') if 'top_losses' in p else '',
-             tl.to_html(float_format=f, index=False) if len(tl) else '<p>No validation item is wrong.</p>']
+             img_tag(p['top_losses'], 'top losses') if 'top_losses' in p else '',
+             html_table(tl, float_format=f) if len(tl) else '<p>No validation item is wrong.</p>']
     body = '\n'.join(parts)
-    if not full: return body
-    return f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>Fine-tuning report</title><style>{_css}</style></head><body>\n{body}\n</body></html>\n'
+    return html_page('Fine-tuning report', body) if full else body
 
 @patch
 def _repr_html_(self:FineTuneReport): return self.html(full=False)
@@ -329,16 +392,8 @@ def show(self:FineTuneReport):
 @patch
 def save(self:FineTuneReport, folder:str|Path) -> dict:
     "Write the charts (PNG), the tables (CSV) and `report.html` into `folder`; return their paths by name"
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for k,png in self.pngs().items(): paths[f'{k}.png'] = folder/f'{k}.png'; paths[f'{k}.png'].write_bytes(png)
-    for k in ('phases', 'per_class', 'confusion', 'top_losses'):
-        paths[f'{k}.csv'] = folder/f'{k}.csv'
-        getattr(self, k).to_csv(paths[f'{k}.csv'], index=k != 'top_losses')
-    paths['report.html'] = folder/'report.html'
-    paths['report.html'].write_text(self.html(), encoding='utf-8')
-    return paths
+    tables = {k: (getattr(self, k), k != 'top_losses') for k in ('phases', 'per_class', 'confusion', 'top_losses')}
+    return save_page(folder, self.pngs(), tables, {'report.html': self.html()})
 
 # %% ../nbs/11_report.ipynb #3ee5f6ba
 def _notes(learn:Learner, before:dict|None, n_valid:int) -> list:
