@@ -4,7 +4,7 @@
 
 # %% ../nbs/17_audit.ipynb #28dd5835
 from __future__ import annotations
-import base64, contextlib, html, io, random, shutil, sys, time, warnings
+import base64, contextlib, hashlib, html, io, json, os, random, shutil, sys, time, warnings
 import PIL.Image
 from collections import Counter, defaultdict
 with warnings.catch_warnings():  # fastai's import calls `torch.jit.script`, which torch now deprecates: not the user's business, and it would add lines to `finetune_nb audit`'s one-line errors
@@ -13,13 +13,14 @@ with warnings.catch_warnings():  # fastai's import calls `torch.jit.script`, whi
 from .models import lite0_stats
 from .data import digits_arrays, digits_split
 from .groups import layer_groups
+from .report import csv_uncell, html_page, html_table, img_tag, save_page
 
 # %% auto #0
 __all__ = ['fix_actions', 'fix_columns', 'corrupt_labels', 'array_dls', 'CorruptedDigits', 'feature_modules', 'ItemFeatures',
            'prefix_features', 'stratified_folds', 'fit_logistic', 'out_of_fold_probs', 'unit_scores', 'select_units',
            'label_issue_table', 'nearest', 'near_pairs', 'robust_z', 'outlier_scores', 'class_balance', 'DataAudit',
            'item_png', 'item_text', 'thumbnail_html', 'audit_data', 'check_fixes', 'FixedDataset', 'apply_fixes',
-           'AuditError', 'image_folder_problem', 'audit_main']
+           'AuditError', 'image_files', 'image_folder_problem', 'audit_main']
 
 # %% ../nbs/17_audit.ipynb #e1bede73
 def corrupt_labels(labels, # Integer labels
@@ -446,23 +447,21 @@ def thumbnail_html(x, size:int=48) -> str:
     "An `<img>` of `x`, or its text, for an HTML table cell"
     png = item_png(x, size)
     if png is None: return html.escape(item_text(x))
-    return f'<img alt="item" style="image-rendering:pixelated" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+    return img_tag(png, 'item', 'image-rendering:pixelated')
 
 # %% ../nbs/17_audit.ipynb #8b120074
-_css = ("body{font-family:sans-serif;max-width:1100px;margin:1em auto} table{border-collapse:collapse;font-size:12px}"
-        " td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}")
-
 @patch
 def _table_html(self:DataAudit, df:pd.DataFrame, cols:list, max_rows:int) -> str:
     "`df`'s first `max_rows` rows as HTML, with a thumbnail column for each (split, column) of `cols` (split `None`: the row's own)"
     if not len(df): return '<p>None found.</p>'
-    d = df.head(max_rows).copy()
+    d,thumbs = df.head(max_rows).copy(),[]
     if self.dls is not None:
         for split,c in cols:
             splits = d.split if split is None else [split]*len(d)
             d.insert(0, f'{c} item', [thumbnail_html(self.item(s, i)) for s,i in zip(splits, d[c])])
+            thumbs.append(f'{c} item')
     more = f'<p>{len(df) - max_rows} more rows in the CSV file.</p>' if len(df) > max_rows else ''
-    return d.to_html(index=False, escape=False, float_format='{:.3f}'.format) + more
+    return html_table(d, raw=thumbs, float_format='{:.3f}'.format) + more  # the thumbnails are ours; every other cell (labels, items) is escaped
 
 @patch
 def html(self:DataAudit, full:bool=True, max_rows:int=20) -> str:
@@ -475,8 +474,7 @@ def html(self:DataAudit, full:bool=True, max_rows:int=20) -> str:
              '<h3>Class balance</h3>', self.balance.to_html(float_format='{:.3f}'.format)]
     if self.seconds: parts.append('<p>' + html.escape(', '.join(f"{k} {v:.1f} s" for k,v in self.seconds.items())) + '</p>')
     body = '\n'.join(parts)
-    if not full: return body
-    return f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>Data audit</title><style>{_css}</style></head><body>\n{body}\n</body></html>\n'
+    return html_page('Data audit', body) if full else body
 
 @patch
 def _repr_html_(self:DataAudit): return self.html(full=False, max_rows=8)
@@ -598,36 +596,46 @@ def suggest_fixes(self:DataAudit, relabel_min:float=0.5, # Relabel a flagged ite
 # %% ../nbs/17_audit.ipynb #a21a6d92
 @patch
 def save(self:DataAudit, folder:str|Path) -> dict:
-    "Write `audit.html` and the tables as CSV files into `folder`; return their paths by name"
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for name in ('scores', 'label_issues', 'duplicates', 'leaks', 'outliers', 'balance'):
-        paths[f'{name}.csv'] = folder/f'{name}.csv'
-        getattr(self, name).to_csv(paths[f'{name}.csv'], index=name == 'balance')
-    paths['fixes.csv'] = folder/'fixes.csv'
-    self.suggest_fixes().to_csv(paths['fixes.csv'], index=False)
-    paths['audit.html'] = folder/'audit.html'
-    paths['audit.html'].write_text(self.html(), encoding='utf-8')
-    return paths
+    "Write `audit.html` and the tables as CSV files (`fixes.csv`: the suggested fixes) into `folder`; return their paths by name"
+    tables = {name: (getattr(self, name), name == 'balance') for name in ('scores', 'label_issues', 'duplicates', 'leaks', 'outliers', 'balance')}
+    return save_page(folder, tables=dict(tables, fixes=(self.suggest_fixes(), False)), pages={'audit.html': self.html()})
+
+# %% ../nbs/17_audit.ipynb #5310dde1
+def _item_key(name) -> str:
+    "What names an item wherever its data lies: the class folder and file name of a path, else the name itself"
+    s = str(name)
+    return '/'.join(Path(s).parts[-2:]) if '/' in s or os.sep in s else s
+
+# %% ../nbs/17_audit.ipynb #f2f9fc6e
+@patch(as_prop=True)
+def fingerprint(self:DataAudit) -> str:
+    "A hash of every audited item's split, position, name (`_item_key`) and given label: the same only for the same data"
+    s = self.scores
+    names = s.item.map(_item_key) if 'item' in s else [''] * len(s)
+    rows = sorted(zip(s.split, map(int, s.idx), names, s.label.map(str)))
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 # %% ../nbs/17_audit.ipynb #d87fe545
-def check_fixes(fixes:pd.DataFrame, # A fixes table: split, idx, action, label (reason optional)
+def check_fixes(fixes:pd.DataFrame, # A fixes table: split, idx, action, label (reason and item optional)
                 vocab:list, # Class names
                 sizes:dict, # Items in each split: {'train': n, 'valid': n}
+                items:dict|None=None, # Names of the items of each split (`_item_names`), to check the fixes' `item` column against
                ) -> pd.DataFrame:
-    "`fixes` checked (columns, splits, positions, actions, classes, conflicts), with one row per item"
+    "`fixes` checked (columns, splits, positions, actions, classes, items, conflicts), with one row per item"
     if missing := [c for c in ('split', 'idx', 'action', 'label') if c not in fixes.columns]:
         raise ValueError(f"The fixes table has no column {', '.join(missing)} (it needs split, idx, action, label)")
-    fx = fixes.copy()
-    fx['label'] = fx.label.map(str)
+    fx,names = fixes.copy(),[str(v) for v in vocab]
+    fx['label'] = fx.label.map(str).map(lambda l: l if l in names else csv_uncell(l))  # a class read back from our CSV files
     if bad := sorted(set(fx.split) - set(sizes)): raise ValueError(f"Unknown split {bad[0]!r} in the fixes: use {' or '.join(sizes)}")
     if bad := sorted(set(fx.action) - set(fix_actions)): raise ValueError(f"Unknown action {bad[0]!r} in the fixes: use {', '.join(fix_actions)}")
     fx['idx'] = pd.to_numeric(fx.idx, errors='raise').astype(int)
     for s,n in sizes.items():
         if len(out := fx[(fx.split == s) & ((fx.idx < 0) | (fx.idx >= n))]):
             raise ValueError(f"Position {out.idx.iloc[0]} is not in the {s} set ({n} items)")
-    names = [str(v) for v in vocab]
+    if items is not None and 'item' in fx.columns:
+        for r in fx[fx['item'].notna()].itertuples():
+            there,here = csv_uncell(str(r.item)),items[r.split][r.idx]
+            if _item_key(there) != _item_key(here): raise ValueError(f"The fixes are for other data: {r.split} {r.idx} is {there!r} in them, {here!r} here")
     if len(bad := fx[(fx.action == 'relabel') & ~fx.label.isin(names)]):
         raise ValueError(f"Cannot relabel {bad.split.iloc[0]} {bad.idx.iloc[0]} to {bad.label.iloc[0]!r}: the classes are {', '.join(names)}")
     fx = fx.drop_duplicates(['split', 'idx', 'action', 'label'])
@@ -665,10 +673,11 @@ class FixedDataset:
 def apply_fixes(dls:DataLoaders, # The data the audit was made on
                 fixes:pd.DataFrame, # A fixes table (`DataAudit.suggest_fixes`, the cleaner's decisions, or your own)
                ) -> DataLoaders:
-    "New `DataLoaders` with the `fixes` applied (items removed, labels changed), every transform as in `dls`"
+    "New `DataLoaders` with the `fixes` applied (items removed, labels changed), every transform as in `dls`; fixes that name other items are refused"
     dl_s = dict(zip(('train', 'valid'), dls.loaders[:2]))
     vocab = _classes(dls)
-    fx = check_fixes(fixes, vocab, {s: len(dl.dataset) for s,dl in dl_s.items()})
+    items = {s: _item_names(dl) for s,dl in dl_s.items()} if 'item' in fixes.columns else None
+    fx = check_fixes(fixes, vocab, {s: len(dl.dataset) for s,dl in dl_s.items()}, items)
     cls = {str(v):i for i,v in enumerate(vocab)}
     new = []
     for s,dl in dl_s.items():
@@ -698,13 +707,31 @@ def _audit_parser():
     p.error = error
     return p
 
+# %% ../nbs/17_audit.ipynb #baf75e72
+def _listed(paths:list, n:int=5) -> str: return ', '.join(map(str, paths[:n])) + (', …' if len(paths) > n else '')
+
+def image_files(path:str|Path) -> tuple:
+    "The images under `path` as fastai's `get_image_files` finds them, never through a symlinked folder nor outside `path`; and notes on what was skipped"
+    path = Path(path)
+    root,files = path.resolve(),get_files(path, extensions=image_extensions, followlinks=False)
+    links = []
+    for p,ds,_ in os.walk(path):  # as `get_files`: hidden folders are not entered, symlinked ones are listed but not entered
+        ds[:] = [d for d in ds if not d.startswith('.')]
+        links += [(Path(p)/d).relative_to(path) for d in ds if (Path(p)/d).is_symlink()]
+    outside = [f for f in files if f.is_symlink() and not f.resolve().is_relative_to(root)]
+    notes = []
+    if links: notes.append(f"skipped {len(links)} symlinked folder{'s' if len(links) > 1 else ''} in {path} (links to folders are not followed): {_listed(links)}")
+    if outside: notes.append(f"skipped {len(outside)} symlinked image{'s' if len(outside) > 1 else ''} pointing outside {path}: {_listed([f.relative_to(path) for f in outside])}")
+    outside_ = set(outside)
+    return L(f for f in files if f not in outside_), notes
+
 # %% ../nbs/17_audit.ipynb #3c5218d4
 def image_folder_problem(path:str|Path) -> str|None:
     "What is wrong with `path` as a folder of images with one subfolder per class, or `None`"
     path = Path(path)
     if not path.exists(): return f"--data {path}: no such folder"
     if not path.is_dir(): return f"--data {path}: not a folder"
-    files = get_image_files(path)
+    files,_ = image_files(path)
     classes = Counter(f.parent.name for f in files)
     if len(classes) < 2:
         return (f"--data {path}: found {len(classes)} class folder{'s' if len(classes) != 1 else ''} with images"
@@ -748,14 +775,16 @@ def _noisy(dls:DataLoaders, noise:float, seed:int) -> tuple:
     fx = pd.DataFrame(dict(split=[s for s,_ in where], idx=[i for _,i in where], action='relabel', label=[str(vocab[new[p]]) for p in pos]))
     return apply_fixes(dls, fx), pd.DataFrame(where, columns=['split', 'idx'])
 
-def _audit_dls(a) -> DataLoaders:
-    "The data `finetune_nb audit` was asked to audit"
+def _audit_dls(a) -> tuple:
+    "The data `finetune_nb audit` was asked to audit, and notes on what of its folder was skipped (`image_files`)"
     if a.data is None:
         imgs,ys = digits_arrays()
         trn,val = digits_split(ys, seed=42)
-        return array_dls(imgs, ys, trn, val, a.size, a.bs)
-    return ImageDataLoaders.from_folder(a.data, valid_pct=a.valid_pct, seed=a.seed, item_tfms=Resize(a.size, method=ResizeMethod.Squish),
-                                        batch_tfms=Normalize.from_stats(*lite0_stats), bs=a.bs, num_workers=0)
+        return array_dls(imgs, ys, trn, val, a.size, a.bs), []
+    files,notes = image_files(a.data)
+    dblock = DataBlock(blocks=(ImageBlock, CategoryBlock), get_y=parent_label, splitter=RandomSplitter(a.valid_pct, seed=a.seed),
+                       item_tfms=Resize(a.size, method=ResizeMethod.Squish), batch_tfms=Normalize.from_stats(*lite0_stats))
+    return dblock.dataloaders(files, path=a.data, bs=a.bs, num_workers=0), notes  # as fastai's `ImageDataLoaders.from_folder`, on these files
 
 # %% ../nbs/17_audit.ipynb #7996fc4d
 def _print_findings(audit:DataAudit, top:int, flipped:pd.DataFrame|None):
@@ -779,17 +808,18 @@ def audit_main(argv=None) -> int:
     from finetune_nb.models import efficientnet_lite0
     from finetune_nb.groups import auto_splitter
     set_seed(a.seed)
-    dls = _audit_dls(a)
+    dls,notes = _audit_dls(a)
     flipped = None
     if a.noise > 0: dls,flipped = _noisy(dls, a.noise, a.seed)
     learn = Learner(dls, efficientnet_lite0(dls.c), splitter=auto_splitter)
     what = f"the images in {a.data}" if a.data else "scikit-learn's digits"
     print(f"Auditing {what}: {len(dls.train_ds)} training and {len(dls.valid_ds)} validation images at {a.size} px, "
           f"with the pretrained EfficientNet-Lite0 and {a.folds} folds" + (f"; {a.noise:.0%} of the labels changed first (seed {a.seed})" if a.noise else ''), flush=True)
+    for n in notes: print(f"Note: {n}", flush=True)
     try: audit = audit_data(learn, folds=a.folds, seed=a.seed, bs=a.bs)
     except ValueError as e: print(f"finetune_nb audit: error: {e}", file=sys.stderr); return 2
     paths = audit.save(out)
-    if flipped is not None: flipped.to_csv(out/'changed_labels.csv', index=False)
+    if flipped is not None: save_page(out, tables={'changed_labels': (flipped, False)})
     _print_findings(audit, a.top, flipped)
     print(f"\nWrote {paths['audit.html']} and the tables as CSV files (suggested fixes in {paths['fixes.csv']}) "
           f"in {sum(audit.seconds.values()):.0f} s ({', '.join(f'{k} {v:.0f} s' for k,v in audit.seconds.items())}).")

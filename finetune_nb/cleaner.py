@@ -53,32 +53,49 @@ class CleanerState:
         "Given label of every flagged item"
         return {(s, int(i)): l for s,i,l in zip(self.items.split, self.items.idx, self.items.label)}
 
+# %% ../nbs/17a_cleaner.ipynb #f5928c8b
+def _short(v, n:int=60) -> str:
+    "`repr(v)`, cut to `n` characters"
+    s = repr(v)
+    return s if len(s) <= n else s[:n-1] + '…'
+
+def _decision(path:Path, k:int, r, given:dict, vocab:list) -> tuple:
+    "Decision `k` of the file `path`, checked against the items and classes of the audit: its item (split, idx) and what to do"
+    where = f"{path}: decision {k}"
+    if not isinstance(r, dict): raise ValueError(f"{where} is {_short(r)}, not an object with split, idx, action, label and given")
+    if missing := [c for c in ('split', 'idx', 'action', 'label', 'given') if c not in r]: raise ValueError(f"{where} has no {', '.join(map(repr, missing))}")
+    if bad := [c for c in ('split', 'action', 'label', 'given') if not isinstance(r[c], str)]: raise ValueError(f"{where}: {bad[0]!r} is {_short(r[bad[0]])}, not text")
+    if type(r['idx']) is not int: raise ValueError(f"{where}: 'idx' is {_short(r['idx'])}, not a whole number")
+    key = (r['split'], r['idx'])
+    if key not in given: raise ValueError(f"{where}: {key[0]} {key[1]} is not an item of this audit")
+    if r['action'] not in fix_actions: raise ValueError(f"{where}: unknown action {_short(r['action'])}, use {', '.join(fix_actions)}")
+    if r['action'] == 'relabel' and r['label'] not in vocab: raise ValueError(f"{where}: cannot relabel to {_short(r['label'])}, not a class of this audit")
+    if r['given'] != given[key]: raise ValueError(f"{path}: {key[0]} {key[1]} was decided on with label {_short(r['given'])}, this audit says {given[key]!r}: other data?")
+    return key, dict(action=r['action'], label=r['label'], given=r['given'])
+
 # %% ../nbs/17a_cleaner.ipynb #ddb35397
 @patch
 def _header(self:CleanerState) -> dict:
-    return dict(format='finetune_nb cleaner decisions', version=1, vocab=self.vocab, n_items=self.audit.n_items)
+    return dict(format='finetune_nb cleaner decisions', version=2, vocab=self.vocab, n_items=self.audit.n_items, data=self.audit.fingerprint)
 
 @patch
 def _load(self:CleanerState) -> dict:
-    "The decisions in `self.path`, checked against the audit; none if there is no file"
+    "The decisions in `self.path`, checked against the audit (classes, sizes, the items' fingerprint, each decision); none if there is no file"
     if not self.path.exists(): return {}
     try: d = json.loads(self.path.read_text(encoding='utf-8'))
+    except RecursionError: raise ValueError(f"{self.path} is not a decisions file of the cleaner (its JSON is nested too deeply)") from None
     except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"{self.path} is not a decisions file of the cleaner ({e})") from None
     if not isinstance(d, dict) or d.get('format') != 'finetune_nb cleaner decisions': raise ValueError(f"{self.path} is not a decisions file of the cleaner")
     h = self._header()
     for k in ('vocab', 'n_items'):
-        if d.get(k) != h[k]: raise ValueError(f"{self.path} holds decisions for other data: its {k} is {d.get(k)}, this audit's is {h[k]}")
-    res,given = {},{(s, i): l for (s, i),l in self.given.items()}
-    given.update({(s, int(i)): l for s,i,l in zip(self.audit.scores.split, self.audit.scores.idx, self.audit.scores.label)})
-    for r in d.get('decisions', []):
-        key = (r.get('split'), r.get('idx'))
-        if key not in given or r.get('action') not in fix_actions or (r.get('action') == 'relabel' and r.get('label') not in self.vocab):
-            raise ValueError(f"{self.path}: the decision {r} does not fit this audit")
-        if r.get('given') != given[key]:
-            raise ValueError(f"{self.path}: {key[0]} {key[1]} was decided on with label {r.get('given')!r}, this audit says {given[key]!r}: other data?")
-        res[key] = dict(action=r['action'], label=r['label'], given=r['given'])
-    return res
+        if d.get(k) != h[k]: raise ValueError(f"{self.path} holds decisions for other data: its {k} is {_short(d.get(k), 200)}, this audit's is {h[k]}")
+    if 'data' not in d: raise ValueError(f"{self.path} holds no fingerprint of the data it was made on (an older file), so it cannot be checked against this audit")
+    if d['data'] != h['data']: raise ValueError(f"{self.path} holds decisions for other data: other items at the same positions (fingerprint {_short(d['data'])}, this audit's {h['data']!r})")
+    if not isinstance(ds := d.get('decisions', []), list): raise ValueError(f"{self.path}: 'decisions' is {type(ds).__name__}, not a list")
+    given = {**{(s, int(i)): l for s,i,l in zip(self.audit.scores.split, self.audit.scores.idx, self.audit.scores.label)}, **self.given}
+    return dict(_decision(self.path, k, r, given, self.vocab) for k,r in enumerate(ds))
 
+# %% ../nbs/17a_cleaner.ipynb #a6b9058b
 @patch
 def save(self:CleanerState):
     "Write every decision to `self.path` atomically (a temporary file renamed over it)"
@@ -156,11 +173,15 @@ def shown(self:CleanerState) -> pd.DataFrame:
 # %% ../nbs/17a_cleaner.ipynb #a67e8fa7
 @patch
 def fixes(self:CleanerState) -> pd.DataFrame:
-    "The decisions as a fixes table (split, idx, action, label, reason) for `apply_fixes`"
+    "The decisions as a fixes table (split, idx, action, label, reason, and the item's name where the audit has one) for `apply_fixes`"
     kinds = {(s, i): k for s,i,k in zip(self.items.split, self.items.idx, self.items.kinds)}
     rows = [dict(split=s, idx=i, action=d['action'], label=d['label'], reason='cleaner: ' + ', '.join(kinds.get((s, i), ())))
             for (s, i),d in self.decisions.items()]
-    return pd.DataFrame(rows, columns=fix_columns).astype(dict(idx=int))
+    fx = pd.DataFrame(rows, columns=fix_columns).astype(dict(idx=int))
+    if 'item' in self.audit.scores:  # so that `apply_fixes` refuses them for other data
+        names = self.audit.scores.set_index(['split', 'idx']).item
+        fx['item'] = [names[(s, i)] for s,i in zip(fx.split, fx.idx)]
+    return fx
 
 @patch
 def __repr__(self:CleanerState):
@@ -202,7 +223,7 @@ def _row(self:DataCleaner, r) -> object:
     x = st.audit.item(r.split, r.idx) if st.audit.dls is not None else None
     png = item_png(x, self.thumb) if x is not None else None
     pic = W.Image(value=png, format='png', width=self.thumb) if png else W.HTML(f"<div style='width:260px'>{html.escape(item_text(x))}</div>")
-    desc = W.HTML(f"<b>{r.split} {r.idx}</b> · {', '.join(r.kinds)}<br>label <b>{html.escape(r.label)}</b>"
+    desc = W.HTML(f"<b>{html.escape(str(r.split))} {r.idx}</b> · {', '.join(r.kinds)}<br>label <b>{html.escape(r.label)}</b>"
                   f"{f' · suggested <b>{html.escape(r.suggested)}</b>' if r.suggested != r.label else ''}<br><small>{html.escape(r.detail)}</small>",
                   layout=W.Layout(width='330px'))
     target = W.Dropdown(options=st.vocab, value=r.suggested, layout=W.Layout(width='110px'))
