@@ -4,7 +4,7 @@
 
 # %% ../nbs/19_cli.ipynb #945c4c66
 from __future__ import annotations
-import argparse, errno, importlib, inspect, json, os, signal, sys, time, warnings
+import argparse, errno, importlib, inspect, json, math, os, signal, sys, time, warnings
 from pathlib import Path
 from fastcore.docments import docments
 
@@ -72,7 +72,7 @@ def _check_options(epochs, size, k_shot, lr, n_groups, bs, bn_policy, threads, d
     "Check the demo's options before any work, raising a `DemoError` that names the first bad one; the torch device"
     _positive('epochs', epochs); _positive('size', size); _positive('k-shot', k_shot, allow_none=True)
     _positive('groups', n_groups); _positive('bs', bs); _positive('threads', threads, allow_none=True)
-    if not lr > 0: raise DemoError(f"--lr must be positive, got {lr}")
+    if not (math.isfinite(lr) and lr > 0): raise DemoError(f"--lr must be a positive number, got {lr}")
     if not 0 <= label_smoothing < 1: raise DemoError(f"--label-smoothing must be at least 0 and below 1, got {label_smoothing}")
     if size < 32: raise DemoError(f"--size must be at least 32 pixels, got {size}")
     if k_shot is not None and k_shot > 140: raise DemoError(f"--k-shot must be at most 140 (training images of the rarest digit), got {k_shot}")
@@ -205,6 +205,8 @@ def demo(epochs:int=3, # Epochs of the last phase (every group training)
     from finetune_nb.data import digits_arrays, digits_split
     n_train = len(digits_split(digits_arrays()[1], 0.2, seed, k_shot)[0])
     out = check_out(out)
+    from finetune_nb.saving import drop_temporary
+    drop_temporary(out)  # of a write killed mid-way (`model.pth`): only finetune_nb's own, and only a dead process's
     _check_resume(out, dict(epochs=epochs, size=size, k_shot=k_shot, lr=lr, n_groups=n_groups, bs=bs, seed=seed, bn_policy=bn_policy,
                             label_smoothing=label_smoothing), resume)
     import torch
@@ -307,6 +309,7 @@ def _demo_main(args) -> int:
 
 def main(argv=None):
     "Entry point of the `finetune_nb` command"
+    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning, module='torch.jit')  # fastai's import, before any error
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in _delegated: return _delegate(argv[0], argv[1:])
     p = _one_line_errors(_parser())

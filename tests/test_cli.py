@@ -12,7 +12,8 @@ def run(*args, timeout=600, **kw):
     (['--device', 'tpu'], "is not a device"),
     (['--k-shot', '0'], '--k-shot must be a positive integer'),
     (['--size', '8'], '--size must be at least 32'),
-    (['--lr', '0'], '--lr must be positive'),
+    (['--lr', '0'], '--lr must be a positive number'),
+    (['--lr', 'inf'], '--lr must be a positive number, got inf'),
     (['--bogus'], 'unrecognized arguments: --bogus'),
     (['--groups', '50'], '--groups must be at most 9'),
     (['--precision', 'fp16', '--device', 'cpu'], 'fp16 mixed precision needs a CUDA GPU'),
@@ -24,7 +25,7 @@ def test_bad_option_one_line(args, msg, tmp_path):
     assert r.returncode == 2, r
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and msg in lines[0], r.stderr
-    assert not (tmp_path/'out'/'model.pth').exists()
+    assert not (tmp_path/'out'/'model.pth').exists() and not (tmp_path/'out'/'options.json').exists()
 
 def test_unwritable_out(tmp_path):
     f = tmp_path/'afile'; f.write_text('')
@@ -56,7 +57,7 @@ def test_ctrl_c_keeps_last_epoch(tmp_path):
     m,meta = load_finetuned(out/'model.pth')
     assert meta['epochs_done'] >= 1 and meta['epochs_done'] < 53
     assert f"({meta['epochs_done']})" in stderr
-    assert not [o for o in out.iterdir() if o.suffix == '.tmp']
+    assert not _temporary(out)
 
 def test_resume_after_kill(tmp_path):
     "A demo killed with SIGKILL mid-run continues with --resume to the same number of epochs; other options are refused"
@@ -68,12 +69,20 @@ def test_resume_after_kill(tmp_path):
     p.kill(); p.communicate()
     from finetune_nb.saving import load_finetuned
     done = load_finetuned(out/'model.pth')[1]['epochs_done']
+    (out/'.model.pth.999999999.deadbeef.finetune_nb-tmp').write_bytes(b'half a model')  # what a kill inside the write of model.pth leaves
+    (out/'tmp_notes_tmp').write_text("the user's")  # not ours: it stays
     r = run('demo', *args, '--seed', '1', '--resume')
     assert r.returncode == 2 and '--resume must repeat' in r.stderr and '--seed 42 (now 1)' in r.stderr, r.stderr
     r = run('demo', *args, '--resume', timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads((out/'summary.json').read_text())
     assert s['epochs'] == 5 and load_finetuned(out/'model.pth')[1]['epochs_done'] == 5, (s, done)
+    assert not (out/'.model.pth.999999999.deadbeef.finetune_nb-tmp').exists() and (out/'tmp_notes_tmp').read_text() == "the user's"
+
+def test_update_error_is_one_line():
+    "A subcommand's error is its one line: no warning from an import before it"
+    r = run('update', '--bogus')
+    assert r.returncode == 2 and len(_lines(r.stderr)) == 1, r.stderr
 
 def test_demo_end_to_end(tmp_path):
     "The README's main job: offline fine-tune to > 90% validation accuracy, with model and curves saved"
@@ -90,7 +99,7 @@ def test_demo_end_to_end(tmp_path):
     assert meta['epochs_done'] == s['epochs'] == 6
 
 def _lines(s): return [l for l in s.splitlines() if l.strip()]
-def _temporary(out:Path): return [o for o in out.rglob('*') if o.suffix == '.tmp' or (o.name.startswith('tmp') and o.name.endswith('tmp'))]
+def _temporary(out:Path): return [o for o in out.rglob('*') if o.name.endswith(('.tmp', '.finetune_nb-tmp')) or (o.name.startswith('tmp') and o.name.endswith('tmp'))]
 
 @pytest.mark.parametrize('lr,msg', [('1e30', 'Training diverged in phase'),   # the training loss explodes
                                     ('1000', 'Training diverged in phase 0')])  # one batch an epoch: the validation loss explodes
