@@ -4,7 +4,7 @@
 
 # %% ../nbs/12c_live.ipynb #c3c528c6
 from __future__ import annotations
-import threading, time, io, contextlib, inspect
+import threading, time, io, contextlib, inspect, html
 from collections import deque
 from fastai.basics import *
 from .leftout import LeftOut
@@ -264,8 +264,8 @@ def table_html(self:TrainingState, n:int=6) -> str:
     rows = list(self.rows)[-n:]
     if not rows: return ''
     fmt = lambda v: '' if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
-    head = ''.join(f"<th style='padding:0 8px'>{k}</th>" for k in rows[0])
-    body = ''.join('<tr>' + ''.join(f"<td style='padding:0 8px;text-align:right'>{fmt(v)}</td>" for v in r.values()) + '</tr>' for r in rows)
+    head = ''.join(f"<th style='padding:0 8px'>{html.escape(str(k))}</th>" for k in rows[0])  # metric names: a user's metric may be called anything
+    body = ''.join('<tr>' + ''.join(f"<td style='padding:0 8px;text-align:right'>{html.escape(fmt(v))}</td>" for v in r.values()) + '</tr>' for r in rows)
     return f"<table style='font-size:11px'><tr>{head}</tr>{body}</table>"
 
 # %% ../nbs/12c_live.ipynb #1b561128

@@ -157,9 +157,9 @@ def _modules_html(st:PickerState, i:int) -> str:
     learn,ids = st.learn,set(map(id, st.groups[i]))
     mods = [n for n,m in learn.model.named_modules() if n and next(m.parameters(recurse=False), None) is not None
             and all(id(p) in ids for p in m.parameters(recurse=False))]
-    items = ''.join(f"<li><code>{n}</code> {type(learn.model.get_submodule(n)).__name__}</li>" for n in mods[:200])
+    items = ''.join(f"<li><code>{_escape(n)}</code> {_escape(type(learn.model.get_submodule(n)).__name__)}</li>" for n in mods[:200])
     more = f"<li>… {len(mods)-200} more</li>" if len(mods) > 200 else ''
-    return f"<details><summary>{st.names[i]}</summary><ul style='margin:0'>{items}{more}</ul></details>"
+    return f"<details><summary>{_escape(st.names[i])}</summary><ul style='margin:0'>{items}{more}</ul></details>"
 
 # %% ../nbs/12b_picker.ipynb #741ef05c
 class LayerPicker:
@@ -230,7 +230,7 @@ def _redraw(self:LayerPicker, msg:str=''):
 def apply(self:LayerPicker):
     "Apply the choice to the learner"
     try: self.state.apply(); self._redraw('applied')
-    except ValueError as e: self._redraw(f"<span style='color:#c00'>{e}</span>")
+    except ValueError as e: self._redraw(f"<span style='color:#c00'>{_escape(str(e))}</span>")  # the message can quote what the user typed
     return self.state.learn
 
 # %% ../nbs/12b_picker.ipynb #7976266a

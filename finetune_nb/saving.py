@@ -12,8 +12,8 @@ from .leftout import LeftOut
 from .schedule import running_phase
 
 # %% auto #0
-__all__ = ['atomic_file', 'drop_temporary', 'atomic_write_text', 'folder_lock', 'torch_save_atomic', 'save_finetuned',
-           'read_saved', 'load_finetuned', 'SaveEachEpoch']
+__all__ = ['atomic_file', 'drop_temporary', 'atomic_write_text', 'FolderInUse', 'folder_lock', 'torch_save_atomic',
+           'save_finetuned', 'read_saved', 'load_finetuned', 'SaveEachEpoch']
 
 # %% ../nbs/05_saving.ipynb #972307fa
 _tmp_suffix = '.finetune_nb-tmp'
@@ -49,6 +49,9 @@ def atomic_write_text(text:str, path:str|Path) -> Path:
     return Path(path)
 
 # %% ../nbs/05_saving.ipynb #dca34df0
+class FolderInUse(RuntimeError):
+    "Another process holds the lock of a folder we need to write to"
+
 @contextlib.contextmanager
 def folder_lock(folder:str|Path, timeout:float=60): # Seconds to wait for another process to finish
     "Hold `folder`'s lock for the block, so that no other process writes there at the same time"
@@ -58,7 +61,7 @@ def folder_lock(folder:str|Path, timeout:float=60): # Seconds to wait for anothe
     except Timeout:
         try: pid = (folder/'.finetune_nb.lock.pid').read_text()
         except OSError: pid = '?'
-        raise RuntimeError(f"{folder} is in use by process {pid}: waited {timeout:g} s for it to finish") from None
+        raise FolderInUse(f"{folder} is in use by process {pid}: waited {timeout:g} s for it to finish") from None
     try:
         (folder/'.finetune_nb.lock.pid').write_text(str(os.getpid()))
         yield folder

@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 from fastai.basics import *
 from .groups import *
 from .schedule import Schedule, Phase
-from .saving import torch_save_atomic, atomic_write_text, drop_temporary, folder_lock
+from .saving import torch_save_atomic, atomic_write_text, drop_temporary, folder_lock, FolderInUse
 from .checkpoints import weights_finite
 from .finetune import *  # `Schedule.run`
 
@@ -1024,6 +1024,6 @@ def update_main(argv=None) -> int:
     p.error = lambda msg: p.exit(2, f"{p.prog}: error: {msg}\n")
     a = p.parse_args(argv)
     try: return update_cli(a)
-    except (UpdateCLIError, RegistryError) as e:
+    except (UpdateCLIError, RegistryError, FolderInUse) as e:  # `FolderInUse`: another process kept the registry's lock
         print(f"finetune_nb update: error: {e}", file=sys.stderr); return 2
     except KeyboardInterrupt: return 130
