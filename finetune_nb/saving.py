@@ -24,7 +24,7 @@ def atomic_file(path:str|Path, mode:str='wb'):
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{_tmp_suffix}')
     try:
-        with open(tmp, mode) as f:
+        with open(tmp, mode, **({} if 'b' in mode else dict(encoding='utf-8'))) as f:
             yield f
             f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -38,7 +38,7 @@ def drop_temporary(folder:str|Path) -> list:
     for f in Path(folder).glob(f'.*{_tmp_suffix}'):
         try: pid = int(f.name[:-len(_tmp_suffix)].split('.')[-2])
         except (ValueError, IndexError): continue
-        if pid != os.getpid() and psutil.pid_exists(pid): continue
+        if psutil.pid_exists(pid): continue  # a live writer, this process included
         f.unlink(missing_ok=True); gone.append(f.name)
     return gone
 
