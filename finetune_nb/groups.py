@@ -382,8 +382,8 @@ def adapt_bn(self:Learner, dl=None) -> int: # Items to estimate on; default: the
     if dl is None:
         tr = self.dls.train
         dl = tr.new(shuffle=False, drop_last=len(tr.dataset) % tr.bs == 1 and len(tr.dataset) > 1)  # a batch of one has no batch statistics
-    acc = {m:[0, 0., 0.] for m in bns}
-    old = {m:(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in bns}  # back if the new ones break  # items, mean, sum of squared deviations per channel
+    acc = {m:[0, 0., 0.] for m in bns}  # items, mean, sum of squared deviations per channel
+    old = {m:(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in bns}  # put back if the new ones break
     def hook(m, inp, out):  # with momentum 1 a layer's running statistics are its last batch's (unbiased variance)
         a,k = acc[m],inp[0].numel() // inp[0].shape[1]
         mb,m2b = m.running_mean.double(),m.running_var.double()*(k-1)
