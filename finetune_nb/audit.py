@@ -10,6 +10,7 @@ from collections import Counter, defaultdict
 with warnings.catch_warnings():  # fastai's import calls `torch.jit.script`, which torch now deprecates: not the user's business, and it would add lines to `finetune_nb audit`'s one-line errors
     warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')
     from fastai.vision.all import *
+from fastai.data.transforms import _get_files  # fastai's rule for which files of a folder are images (`get_files`)
 from .models import lite0_stats
 from .data import digits_arrays, digits_split
 from .groups import layer_groups
@@ -713,17 +714,16 @@ def _listed(paths:list, n:int=5) -> str: return ', '.join(map(str, paths[:n])) +
 def image_files(path:str|Path) -> tuple:
     "The images under `path` as fastai's `get_image_files` finds them, never through a symlinked folder nor outside `path`; and notes on what was skipped"
     path = Path(path)
-    root,files = path.resolve(),get_files(path, extensions=image_extensions, followlinks=False)
-    links = []
-    for p,ds,_ in os.walk(path):  # as `get_files`: hidden folders are not entered, symlinked ones are listed but not entered
+    root,exts,files,links = path.resolve(),{e.lower() for e in image_extensions},[],[]
+    for p,ds,fs in os.walk(path):  # one walk, as `get_files(followlinks=False)`: hidden folders not entered, symlinked ones listed but not entered
         ds[:] = [d for d in ds if not d.startswith('.')]
         links += [(Path(p)/d).relative_to(path) for d in ds if (Path(p)/d).is_symlink()]
-    outside = [f for f in files if f.is_symlink() and not f.resolve().is_relative_to(root)]
+        files += _get_files(p, fs, exts)  # fastai's own rule for which files count
+    outside = {f for f in files if f.is_symlink() and not f.resolve().is_relative_to(root)}
     notes = []
     if links: notes.append(f"skipped {len(links)} symlinked folder{'s' if len(links) > 1 else ''} in {path} (links to folders are not followed): {_listed(links)}")
-    if outside: notes.append(f"skipped {len(outside)} symlinked image{'s' if len(outside) > 1 else ''} pointing outside {path}: {_listed([f.relative_to(path) for f in outside])}")
-    outside_ = set(outside)
-    return L(f for f in files if f not in outside_), notes
+    if outside: notes.append(f"skipped {len(outside)} symlinked image{'s' if len(outside) > 1 else ''} pointing outside {path}: {_listed(sorted(f.relative_to(path) for f in outside))}")
+    return L(f for f in files if f not in outside), notes
 
 # %% ../nbs/17_audit.ipynb #3c5218d4
 def image_folder_problem(path:str|Path) -> str|None:
@@ -804,7 +804,6 @@ def audit_main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try: a,out = _audit_options(argv)
     except AuditError as e: print(f"finetune_nb audit: error: {e}", file=sys.stderr); return 2
-    import warnings; warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')  # raised by a dependency at import
     from finetune_nb.models import efficientnet_lite0
     from finetune_nb.groups import auto_splitter
     set_seed(a.seed)

@@ -4,11 +4,12 @@
 
 # %% ../nbs/17a_cleaner.ipynb #9bc6bd44
 from __future__ import annotations
-import contextlib, html, json, math, os, tempfile
+import html, json, math
 from collections import Counter
 from fastai.basics import *
 from .audit import DataAudit, item_png, item_text, fix_actions, fix_columns, apply_fixes
 from .charts import has_widget_frontend
+from .saving import atomic_file
 
 # %% auto #0
 __all__ = ['cleaner_kinds', 'flagged_items', 'CleanerState', 'DataCleaner']
@@ -98,18 +99,9 @@ def _load(self:CleanerState) -> dict:
 # %% ../nbs/17a_cleaner.ipynb #a6b9058b
 @patch
 def save(self:CleanerState):
-    "Write every decision to `self.path` atomically (a temporary file renamed over it)"
+    "Write every decision to `self.path` atomically (`atomic_file`: a temporary file renamed over it)"
     d = dict(self._header(), decisions=[dict(split=s, idx=i, **v) for (s, i),v in self.decisions.items()])
-    self.path.parent.mkdir(parents=True, exist_ok=True)
-    fd,tmp = tempfile.mkstemp(prefix=f'.{self.path.name}.', suffix='.tmp', dir=self.path.parent)
-    try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as f:
-            json.dump(d, f, indent=1)
-            f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-    except BaseException:
-        with contextlib.suppress(OSError): os.unlink(tmp)
-        raise
+    with atomic_file(self.path, 'w') as f: json.dump(d, f, indent=1)
 
 # %% ../nbs/17a_cleaner.ipynb #fef4fd59
 @patch

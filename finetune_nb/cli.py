@@ -200,7 +200,6 @@ def demo(epochs:int=3, # Epochs of the last phase (every group training)
          resume:bool=False, # Continue the run interrupted in --out from its last completed epoch
          quiet:bool=False): # No progress bars
     "Fine-tune the offline EfficientNet-Lite0 on scikit-learn's digits with progressive unfreezing"
-    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')  # raised by a dependency at import
     dev = _check_options(epochs, size, k_shot, lr, n_groups, bs, bn_policy, threads, device, precision, label_smoothing)
     from finetune_nb.data import digits_arrays, digits_split
     n_train = len(digits_split(digits_arrays()[1], 0.2, seed, k_shot)[0])
