@@ -123,6 +123,15 @@ def policy_table(learn:Learner, policies:list) -> pd.DataFrame:
                          params=sum(p.numel() for p in base), trainable=n, train_mb=n*el*(2+copies)/2**20))
     return pd.DataFrame(rows).set_index('group')
 
+# %% ../nbs/09a_adapters.ipynb #af3d40e9
+def _check_ranks(model:nn.Module, layout:dict, g_of:dict):
+    "Refuse, before anything is allocated, a rank above every rank of the layers of a group it adapts (a hand-edited file could ask for gigabytes)"
+    base,top = {n:b for n,m,b in _layers(model)},defaultdict(int)
+    if bad := [n for n in layout if n not in base or n not in g_of]: raise ValueError(f"The model has no layer {bad[0]!r} in a layer group to adapt")
+    for n,s in layout.items(): top[g_of[n], s['r']] = max(top[g_of[n], s['r']], max_rank(base[n]))
+    for (g,r),t in top.items():
+        if not 1 <= r <= t: raise ValueError(f"LoRA rank r={r} in group {g} is outside 1..{t}, the largest rank of the layers it adapts there")
+
 # %% ../nbs/09a_adapters.ipynb #937c7a2b
 class ParamsByName:
     "A fastai splitter that gives each group the parameters named in `names` (the groups a learner had, its adapters in their layer's group)"
@@ -154,14 +163,6 @@ def _remove(model:nn.Module, name:str, merge:bool):
     if merge: m.merge()
     parent,_,attr = name.rpartition('.')
     setattr(model.get_submodule(parent) if parent else model, attr, m.get_base_layer())
-
-def _check_ranks(model:nn.Module, layout:dict, g_of:dict):
-    "Refuse, before anything is allocated, a rank above every rank of the layers of a group it adapts (a hand-edited file could ask for gigabytes)"
-    base,top = {n:b for n,m,b in _layers(model)},defaultdict(int)
-    if bad := [n for n in layout if n not in base or n not in g_of]: raise ValueError(f"The model has no layer {bad[0]!r} in a layer group to adapt")
-    for n,s in layout.items(): top[g_of[n], s['r']] = max(top[g_of[n], s['r']], max_rank(base[n]))
-    for (g,r),t in top.items():
-        if not 1 <= r <= t: raise ValueError(f"LoRA rank r={r} in group {g} is outside 1..{t}, the largest rank of the layers it adapts there")
 
 def set_adapters(learn:Learner, layout:dict, # Adapter options of each layer that should have adapters, by name
                  merge:bool=True): # Fold the adapters of the other layers into their weights (else drop them)

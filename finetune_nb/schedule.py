@@ -212,6 +212,18 @@ def recorded_names(learn:Learner) -> list:
     else: names = L('train_loss') + names
     return list(names)
 
+# %% ../nbs/04_schedule.ipynb #339fc90c
+def _check_learner(learn:Learner, monitor:str):
+    "Raise a clear error if `learn` has nothing to train, no validation data, no full training batch, or does not record `monitor`"
+    if next(learn.model.parameters(), None) is None: raise ValueError("The model has no parameters to train")
+    if len(learn.dls.loaders) < 2 or not len(learn.dls.valid.dataset):
+        raise ValueError("The validation set is empty: a schedule judges every phase on it; give the DataLoaders validation data (e.g. valid_pct=0.2)")
+    if not len(learn.dls.train):  # fastai drops the last incomplete training batch
+        n,bs = len(learn.dls.train.dataset),learn.dls.train.bs
+        raise ValueError(f"The training set has {n} items, fewer than one batch of {bs}, and fastai drops an incomplete training batch, so nothing would train: use bs={n} or less")
+    if monitor not in (names := recorded_names(learn)):
+        raise ValueError(f"The schedule monitors {monitor!r}, which this learner does not record: it records {', '.join(names)}")
+
 # %% ../nbs/04_schedule.ipynb #e1a19f92
 def _finite(v) -> bool: return _is_number(v) and math.isfinite(v)
 
@@ -222,14 +234,7 @@ def check(self:Schedule, learn:Learner):
     if self.bn_policy not in bn_policies: raise ValueError(f"Unknown BatchNorm policy {self.bn_policy!r}; choose one of {bn_policies}")
     if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
         raise ValueError(f"patience must be a positive integer or None, got {self.patience!r}")
-    if next(learn.model.parameters(), None) is None: raise ValueError("The model has no parameters to train")
-    if len(learn.dls.loaders) < 2 or not len(learn.dls.valid.dataset):
-        raise ValueError("The validation set is empty: a schedule judges every phase on it; give the DataLoaders validation data (e.g. valid_pct=0.2)")
-    if not len(learn.dls.train):  # fastai drops the last incomplete training batch
-        n,bs = len(learn.dls.train.dataset),learn.dls.train.bs
-        raise ValueError(f"The training set has {n} items, fewer than one batch of {bs}, and fastai drops an incomplete training batch, so nothing would train: use bs={n} or less")
-    if self.monitor not in (names := recorded_names(learn)):
-        raise ValueError(f"The schedule monitors {self.monitor!r}, which this learner does not record: it records {', '.join(names)}")
+    _check_learner(learn, self.monitor)
     n,names,heads = learn.n_groups,list(learn.group_names),False
     for i,p in enumerate(self.phases):
         where = f"Phase {i}" + (f" ({p.name})" if p.name else "")

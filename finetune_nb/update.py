@@ -255,6 +255,7 @@ def _check_entry(e, what:str) -> dict:
     if e['status'] not in ('kept', 'rejected'): raise RegistryError(f"{what}: 'status' must be 'kept' or 'rejected', got {e['status']!r:.60}")
     return e
 
+# %% ../nbs/18_update.ipynb #1e9b53be
 def _check_index(d, f:Path) -> dict:
     "`d` if it is a registry's index, every entry checked and `current` naming a kept one; else a one-line `RegistryError` on `f`"
     if not isinstance(d, dict) or d.get('format') != _index_format or not isinstance(d.get('versions'), list):
