@@ -83,8 +83,9 @@ def torch_save_atomic(obj, path:str|Path) -> Path:
     path = Path(path)
     try:
         with atomic_file(path) as f: torch.save(_plain(obj), f)  # a full disk fails in the write or the flush; the temporary file goes
-    except RuntimeError as e:  # torch's writer reports a failed write as a RuntimeError; the OSError is its context
+    except RuntimeError as e:  # torch's writer reports a failed write as a RuntimeError; what failed is its context
         if isinstance(e.__context__, OSError): raise OSError(e.__context__.errno, e.__context__.strerror, str(path)) from None
+        if isinstance(e.__context__, KeyboardInterrupt): raise e.__context__ from None  # Ctrl-C or SIGTERM mid-write: the interrupt, not torch's complaint
         raise
     return path
 
