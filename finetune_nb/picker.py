@@ -9,7 +9,6 @@ from html import escape as _escape
 from fastai.basics import *
 from .groups import *
 from .schedule import *
-from .schedule import _resolve
 from .cache import *
 from .charts import *
 from .adapters import policy_table
@@ -108,9 +107,9 @@ def to_schedule(self:PickerState, epochs:int=3, stage_epochs:int=1, sched:str='o
     "A progressive schedule down to the lowest chosen group, with the chosen rates and BatchNorm policy"
     n,low = len(self.names),self.trainable.index(True) if any(self.trainable) else len(self.names)-1
     lrs = self.lrs().tolist()
-    phases = [Phase(list(range(k, n)), stage_epochs, self.lr_max, lrs=lrs, sched=sched, name=f'from {k}')
+    phases = [Phase(groups=list(range(k, n)), epochs=stage_epochs, lr_max=self.lr_max, lrs=lrs, sched=sched, name=f'from {k}')
               for k in range(n-1, low, -1)]
-    phases.append(Phase(list(range(low, n)), epochs, self.lr_max, lrs=lrs, sched=sched, name=f'from {low}'))
+    phases.append(Phase(groups=list(range(low, n)), epochs=epochs, lr_max=self.lr_max, lrs=lrs, sched=sched, name=f'from {low}'))
     if self._adapted():  # each phase trains its groups as chosen
         for p in phases: p.policy = {i:s for i,s in enumerate(self.policies()) if isinstance(s, dict) and i in p.groups} or None
     return Schedule(phases, bn_policy=self.bn_policy)
@@ -137,7 +136,7 @@ def __repr__(self:PickerState):
 def use(self:PickerState, sch:Schedule):
     "Take the choice of `sch`'s last phase (for example `auto_schedule`'s): its groups, rates and BatchNorm policy, and its reasons"
     n,ph = len(self.names),sch.phases[-1]
-    on = set(_resolve(ph.groups, n, self.names))
+    on = set(ph.indices(n, self.names))
     self.trainable = [i in on for i in range(n)]
     self.lr_max,self.factor,self.decay,self.bn_policy = float(ph.lr_max),ph.factor,ph.decay,sch.bn_policy
     if isinstance(ph.lrs, str) and ph.lrs != 'explicit': self.lr_policy = ph.lrs
