@@ -8,7 +8,7 @@ from fastai.basics import *
 from .groups import *
 
 # %% auto #0
-__all__ = ['synth_dls', 'TinyNet', 'tiny_learner']
+__all__ = ['digit_styles', 'synth_dls', 'TinyNet', 'tiny_learner', 'styled_digits', 'digits_stream', 'DigitCNN']
 
 # %% ../nbs/02a_test_utils.ipynb #88330b6b
 def synth_dls(n:int=64, size:int=8, c:int=3, bs:int=16, seed:int=0, **kwargs) -> DataLoaders:
@@ -37,3 +37,56 @@ def tiny_learner(dls:DataLoaders|None=None, # Defaults to `synth_dls()`
     "A `TinyNet` learner split by `auto_splitter`, with accuracy, for quick examples and tests"
     if seed is not None: set_seed(seed)
     return Learner(ifnone(dls, synth_dls()), TinyNet(), loss_func=CrossEntropyLossFlat(), splitter=auto_splitter, metrics=accuracy, **kwargs)
+
+# %% ../nbs/02a_test_utils.ipynb #e73854da
+from torch.utils.data import TensorDataset
+from .data import digits_arrays, digits_split
+
+# %% ../nbs/02a_test_utils.ipynb #4e994a4a
+digit_styles = ('plain', 'thick', 'small')
+
+def styled_digits(idxs, # Indices into `digits_arrays()`
+                  style:str='plain', # 'plain', 'thick' (strokes widened by a max filter) or 'small' (shrunk to 60%, centred)
+                  size:int=32, # Side of the images
+                  channels:int=1) -> Tensor: # 1 (grey) or 3 (RGB, for ImageNet models)
+    "scikit-learn's digits as float images normalised to [-1, 1], in a writing style"
+    if style not in digit_styles: raise ValueError(f"style must be one of {', '.join(digit_styles)}, got {style!r}")
+    x = torch.tensor(digits_arrays()[0][np.asarray(idxs)], dtype=torch.float32)[:,None]/255
+    x = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
+    if style == 'thick': x = F.max_pool2d(x, 2*(size//16)+1, 1, size//16)
+    if style == 'small':
+        s = int(size*0.6); p = (size-s)//2
+        x = F.pad(F.interpolate(x, size=s, mode='bilinear', align_corners=False), (p, size-s-p, p, size-s-p))
+    return ((x-0.5)/0.5).expand(-1, channels, -1, -1).contiguous()
+
+# %% ../nbs/02a_test_utils.ipynb #1492aab6
+def digits_stream(digits=range(10), # The digits in this piece of the stream; their labels are the digits themselves
+                  style:str='plain', # Writing style: 'plain', 'thick' or 'small'
+                  part:int|None=None, # Of each digit's training images take half 0 or half 1 (`None`: all)
+                  size:int=32, # Side of the images
+                  channels:int=1, # 1 (grey) or 3 (RGB, for ImageNet models)
+                  bs:int=64, # Batch size
+                  seed:int=42, # Seed of the train/valid split
+                  device=None) -> DataLoaders: # Where the batches go
+    "`DataLoaders` of some digits in one style: a piece of a data stream whose classes and style change"
+    ys = digits_arrays()[1]
+    trn,val = digits_split(ys, seed=seed)
+    if part is not None:
+        halves = [np.array_split(np.random.default_rng(seed).permutation(trn[ys[trn]==c]), 2)[part] for c in range(10)]
+        trn = np.sort(np.concatenate(halves))
+    def ds(idx):
+        idx = idx[np.isin(ys[idx], list(digits))]
+        return TensorDataset(styled_digits(idx, style, size, channels), torch.tensor(ys[idx]))
+    return DataLoaders(TfmdDL(ds(trn), bs=bs, shuffle=True, num_workers=0), TfmdDL(ds(val), bs=256, num_workers=0), device=device)
+
+# %% ../nbs/02a_test_utils.ipynb #fc76d67c
+def _conv(ni, nf, stride=1): return nn.Sequential(nn.Conv2d(ni, nf, 3, stride, 1, bias=False), nn.BatchNorm2d(nf), nn.ReLU())
+
+class DigitCNN(nn.Module):
+    "A small CNN for the digit stream: four conv blocks, average pooling and a linear head"
+    def __init__(self, n_out:int=5, c_in:int=1, width:int=16):
+        super().__init__()
+        self.stem,self.block1 = _conv(c_in, width),_conv(width, 2*width, 2)
+        self.block2,self.block3 = _conv(2*width, 4*width, 2),_conv(4*width, 4*width, 2)
+        self.pool,self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),nn.Linear(4*width, n_out)
+    def forward(self, x): return self.head(self.pool(self.block3(self.block2(self.block1(self.stem(x))))))
