@@ -12,7 +12,6 @@ from .groups import *
 from .groups import _unused_params
 from .discriminative import *
 from .schedule import *
-from .schedule import _resolve
 from .cache import *
 from .checkpoints import *
 from .guards import *
@@ -92,7 +91,7 @@ def run(self:Schedule, learn:Learner, cbs=None, # Callbacks for every phase's fi
         if ck and i < ck.first: continue  # finished before the run was interrupted
         learn.ft_phase = i
         if adapters: plan = learn.apply_policy(p.group_policies(learn.n_groups, names), keep_state=self.keep_state)
-        else: learn.set_trainable(_resolve(p.groups, learn.n_groups, names), keep_state=self.keep_state)
+        else: learn.set_trainable(p.indices(learn.n_groups, names), keep_state=self.keep_state)
         pcbs = L(cbs).copy()  # this phase's own list: the caller's, and the next phase's, stay as they were
         if adapters: pcbs.append(TrainsAsPlanned(plan))
         if self.patience: pcbs.append(EarlyStoppingCallback(monitor=self.monitor, patience=self.patience))

@@ -38,7 +38,7 @@ def surgical_schedule(group, # The one group to tune with the head: an index (ne
     "Surgical fine-tuning (Lee et al. 2023): the head, then one chosen group and the head"
     kwargs.setdefault('bn_policy', 'adapt')
     phases = [Phase(1, head_epochs, head_lr, name='head')] if head_epochs else []
-    return Schedule(phases + [Phase([group, 'head'], epochs, lr_max, lrs='flat', name=f'group {group} + head')], **kwargs)
+    return Schedule(phases + [Phase(groups=[group, 'head'], epochs=epochs, lr_max=lr_max, lrs='flat', name=f'group {group} + head')], **kwargs)
 
 # %% ../nbs/10a_presets.ipynb #fb73278c
 def _probe_state(learn) -> tuple:

@@ -25,11 +25,19 @@ fit_scheds = ('one_cycle', 'stlr', 'flat_cos', 'constant')
 adapter_policies = ('frozen', 'lora', 'full')
 lora_defaults = dict(r=8, alpha=16, dropout=0.0, dora=False)
 
+# %% ../nbs/04_schedule.ipynb #fbb79d21
+def _is_int(v) -> bool: return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+def _is_top(v) -> bool: return _is_int(v) or v == 'all'
+
+def _renamed(msg:str):
+    "Say once per calling line that an argument is written the old way, and how to write it now"
+    warnings.warn(msg, FutureWarning, stacklevel=4)
+
 # %% ../nbs/04_schedule.ipynb #816d95de
 @dataclass
 class Phase:
     "One fit of a fine-tuning schedule: which groups train, for how long, at which learning rates"
-    groups:int|str|list = 1 # Trainable groups: the top `n`, 'all', or a list of indices or names
+    top:int|str|None = None # How many groups train, counted from the head: a number, or 'all' (the default, without `groups`: 1, the head)
     epochs:int = 1 # Epochs in this phase
     lr_max:float = 1e-3 # Learning rate of the head group
     lrs:str|list = 'ulmfit' # 'ulmfit', 'layer_decay', 'slice', 'flat', or one explicit rate per group
@@ -38,36 +46,42 @@ class Phase:
     lr_min:float|None = None # Lowest rate for 'slice' (defaults to `lr_max/100`)
     sched:str = 'one_cycle' # 'one_cycle', 'stlr', 'flat_cos' or 'constant'
     name:str = '' # Shown in tables and plots
-    policy:dict|str|None = None # How groups train: 'frozen', 'lora' or 'full' for every group of `groups`, or a mapping of groups (index, name, 'head', 'all') to one (a dict of `policy` and LoRA's r, alpha, dropout, dora)
+    policy:dict|str|None = None # How groups train: 'frozen', 'lora' or 'full' for every group the phase trains, or a mapping of groups (index, name, 'head', 'all') to one (a dict of `policy` and LoRA's r, alpha, dropout, dora)
+    groups:str|list|None = None # Instead of `top`, the groups that train, by index or name: [2, 'head'], 'head', 'all'
 
-    def group_policies(self, n_groups:int, names=None) -> list:
-        "The policy of each of `n_groups` groups: `groups` train 'full' and the rest are 'frozen', unless `policy` says otherwise"
-        on,where = _resolve(self.groups, n_groups, names),f"Phase {self.name!r}" if self.name else "The phase"
-        res = [policy_spec('full' if i in on else 'frozen') for i in range(n_groups)]
-        if isinstance(self.policy, str): return [policy_spec(self.policy, where) if i in on else s for i,s in enumerate(res)]
-        if self.policy is not None and not isinstance(self.policy, dict):
-            raise ValueError(f"{where}: policy must be a policy name or a mapping of groups to policies, got {self.policy!r}")
-        for k,v in (self.policy or {}).items():
-            for i in resolve_groups(_group_key(k), n_groups, names): res[i] = policy_spec(v, f"{where}, group {k!r}")
-        return res
+    def __post_init__(self):
+        if self.top is not None and not _is_top(self.top):  # before `top`, the first field was `groups`
+            if self.groups is not None: raise ValueError(f"Phase: top must be a number of groups or 'all', got {self.top!r}")
+            _renamed(f"Phase({self.top!r}, ...) gives groups by index or name: write Phase(groups={self.top!r}, ...)")
+            self.top,self.groups = None,self.top
+        if _is_int(self.groups):
+            if self.top is not None: raise ValueError(f"Phase: give top or groups, not both (top={self.top!r}, groups={self.groups!r})")
+            _renamed(f"Phase(groups={self.groups}) means the top {self.groups} groups: write Phase(top={self.groups}); groups=[{self.groups}] is group {self.groups} alone")
+            self.top,self.groups = self.groups,None
+        if self.top is not None and self.groups is not None: raise ValueError(f"Phase: give top or groups, not both (top={self.top!r}, groups={self.groups!r})")
+        if self.top is None and self.groups is None: self.top = 1
 
-    def group_lrs(self, n_groups:int) -> np.ndarray:
-        "Learning rate of each of `n_groups` groups in this phase"
-        if not isinstance(self.lrs, str):
-            if len(self.lrs) != n_groups: raise ValueError(f"Phase {self.name!r} gives {len(self.lrs)} learning rates for {n_groups} groups")
-            return np.array(self.lrs, dtype=float)
-        if self.lrs == 'ulmfit': return discriminative_lrs(self.lr_max, n_groups, self.factor)
-        if self.lrs == 'layer_decay': return layer_decay_lrs(self.lr_max, n_groups, self.decay)
-        if self.lrs == 'slice': return np.array(even_mults(ifnone(self.lr_min, self.lr_max/100), self.lr_max, n_groups)) if n_groups>1 else np.array([self.lr_max])
-        return np.full(n_groups, float(self.lr_max))
+# %% ../nbs/04_schedule.ipynb #aa702da3
+@patch
+def indices(self:Phase, n:int, # Number of groups of the learner
+            names=None) -> list: # Their names, to find `groups` given by name
+    "Sorted indices of the groups this phase trains: the top `top`, or `groups`"
+    if self.top is None: return resolve_groups(self.groups, n, names)
+    if self.top == 'all': return list(range(n))
+    if not 1 <= self.top <= n: raise ValueError(f"Cannot train the top {self.top} groups: the learner has {n} groups")
+    return list(range(n-self.top, n))
 
-# %% ../nbs/04_schedule.ipynb #fbb79d21
-def _resolve(groups, n:int, names=None) -> list:
-    "Indices of a phase's `groups` among `n` groups named `names`: a bare int `k` means the top `k` groups"
-    if isinstance(groups, int) and not isinstance(groups, bool):
-        if not 1 <= groups <= n: raise ValueError(f"Cannot train the top {groups} groups: the learner has {n} groups")
-        return list(range(n-groups, n))
-    return resolve_groups(groups, n, names)
+# %% ../nbs/04_schedule.ipynb #9e112ad8
+@patch
+def group_lrs(self:Phase, n_groups:int) -> np.ndarray:
+    "Learning rate of each of `n_groups` groups in this phase"
+    if not isinstance(self.lrs, str):
+        if len(self.lrs) != n_groups: raise ValueError(f"Phase {self.name!r} gives {len(self.lrs)} learning rates for {n_groups} groups")
+        return np.array(self.lrs, dtype=float)
+    if self.lrs == 'ulmfit': return discriminative_lrs(self.lr_max, n_groups, self.factor)
+    if self.lrs == 'layer_decay': return layer_decay_lrs(self.lr_max, n_groups, self.decay)
+    if self.lrs == 'slice': return np.array(even_mults(ifnone(self.lr_min, self.lr_max/100), self.lr_max, n_groups)) if n_groups>1 else np.array([self.lr_max])
+    return np.full(n_groups, float(self.lr_max))
 
 # %% ../nbs/04_schedule.ipynb #3bdb4d29
 def _is_number(v) -> bool: return isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
@@ -104,9 +118,20 @@ def _group_key(k):
     "A group named in a policy mapping: JSON writes the index 3 as the key '3'"
     return int(k) if isinstance(k, str) and re.fullmatch(r'-?\d+', k) else k
 
-# %% ../nbs/04_schedule.ipynb #97926783
-_float_fields,_int_fields = ('lr_max', 'lr_min', 'factor', 'decay'),('epochs',)
+# %% ../nbs/04_schedule.ipynb #3b0e4616
+@patch
+def group_policies(self:Phase, n_groups:int, names=None) -> list:
+    "The policy of each of `n_groups` groups: the phase's groups train 'full' and the rest are 'frozen', unless `policy` says otherwise"
+    on,where = self.indices(n_groups, names),f"Phase {self.name!r}" if self.name else "The phase"
+    res = [policy_spec('full' if i in on else 'frozen') for i in range(n_groups)]
+    if isinstance(self.policy, str): return [policy_spec(self.policy, where) if i in on else s for i,s in enumerate(res)]
+    if self.policy is not None and not isinstance(self.policy, dict):
+        raise ValueError(f"{where}: policy must be a policy name or a mapping of groups to policies, got {self.policy!r}")
+    for k,v in (self.policy or {}).items():
+        for i in resolve_groups(_group_key(k), n_groups, names): res[i] = policy_spec(v, f"{where}, group {k!r}")
+    return res
 
+# %% ../nbs/04_schedule.ipynb #97926783
 class Schedule:
     "A fine-tuning procedure: phases run one after another on the same learner"
     def __init__(self, phases:list, # `Phase`s (or dicts of their fields), run in order
@@ -121,33 +146,49 @@ class Schedule:
     def to_dict(self) -> dict:
         "Plain data: the schedule's settings and its phases"
         return dict(bn_policy=self.bn_policy, patience=self.patience, restore_best=self.restore_best,
-                    monitor=self.monitor, keep_state=self.keep_state,
-                    phases=[{k:v for k,v in asdict(p).items() if k != 'policy' or v is not None} for p in self.phases])  # no policy: as before policies, so older runs still resume
-    @classmethod
-    def from_dict(cls, d:dict):
-        "Schedule from `to_dict`'s output (or a file's), its numbers read as numbers"
-        d = dict(d)
-        unknown = set(d) - {'bn_policy', 'patience', 'restore_best', 'monitor', 'keep_state', 'phases'}
-        if unknown: raise ValueError(f"Unknown schedule settings: {', '.join(sorted(unknown))}")
-        if not isinstance(d.get('phases', []), list): raise ValueError(f"phases must be a list of phases, got {d['phases']!r}")
-        fields,phases = {f.name for f in dataclasses.fields(Phase)},[]
-        for i,p in enumerate(d.get('phases', [])):
-            if not isinstance(p, dict): raise ValueError(f"Phase {i} must be a mapping of its fields, got {p!r}")
-            bad = set(p) - fields
-            if bad: raise ValueError(f"Phase {i} has unknown fields: {', '.join(sorted(bad))}")
-            where = f"Phase {i}" + (f" ({p['name']})" if p.get('name') else "")
-            p = {k:_number(v, k, where, k in _int_fields) if k in _float_fields+_int_fields else v for k,v in p.items()}
-            if 'lrs' in p and not isinstance(p['lrs'], str):
-                if not isinstance(p['lrs'], (list, tuple)): raise ValueError(f"{where}: lrs must be a policy name or a list of rates, got {p['lrs']!r}")
-                p['lrs'] = [_number(v, 'lrs', where) for v in p['lrs']]
-            if isinstance(p.get('policy'), dict): p['policy'] = {_group_key(k):v for k,v in p['policy'].items()}
-            phases.append(p)
-        if d.get('patience') is not None: d['patience'] = _number(d['patience'], 'patience', 'The schedule', integer=True)
-        return cls(**{**d, 'phases': phases})
+                    monitor=self.monitor, keep_state=self.keep_state, phases=[_phase_dict(p) for p in self.phases])
     def __eq__(self, other): return isinstance(other, Schedule) and self.to_dict()==other.to_dict()
     def __len__(self): return len(self.phases)
     def __repr__(self): return f"Schedule of {len(self)} phases (bn_policy={self.bn_policy!r})\n{self.table()}"
     def _repr_html_(self): return self.table()._repr_html_()
+
+# %% ../nbs/04_schedule.ipynb #74bf543b
+def _phase_dict(p:Phase) -> dict:
+    "A phase's fields as plain data, leaving out `top` or `groups` (whichever is unused) and an unset policy"
+    d = {k:v for k,v in asdict(p).items() if v is not None or k not in ('top', 'groups', 'policy')}
+    return {k:d.pop(k) for k in ('top', 'groups') if k in d} | d
+
+# %% ../nbs/04_schedule.ipynb #ea95f840
+_float_fields,_int_fields = ('lr_max', 'lr_min', 'factor', 'decay'),('epochs',)
+
+def _phase_fields(p, i:int) -> dict:
+    "Phase `i`'s fields from a file: known names only, numbers read as numbers"
+    if not isinstance(p, dict): raise ValueError(f"Phase {i} must be a mapping of its fields, got {p!r}")
+    bad = set(p) - {f.name for f in dataclasses.fields(Phase)}
+    if bad: raise ValueError(f"Phase {i} has unknown fields: {', '.join(sorted(bad))}")
+    where = f"Phase {i}" + (f" ({p['name']})" if p.get('name') else "")
+    p = {k:_number(v, k, where, k in _int_fields) if k in _float_fields+_int_fields else v for k,v in p.items()}
+    if 'lrs' in p and not isinstance(p['lrs'], str):
+        if not isinstance(p['lrs'], (list, tuple)): raise ValueError(f"{where}: lrs must be a policy name or a list of rates, got {p['lrs']!r}")
+        p['lrs'] = [_number(v, 'lrs', where) for v in p['lrs']]
+    if isinstance(p.get('policy'), dict): p['policy'] = {_group_key(k):v for k,v in p['policy'].items()}
+    return p
+
+# %% ../nbs/04_schedule.ipynb #5ef761d8
+@patch(cls_method=True)
+def from_dict(cls:Schedule, d:dict):
+    "Schedule from `to_dict`'s output (or a file's), its numbers read as numbers; a file's `groups: k` is read as `top: k`, as written"
+    d = dict(d)
+    unknown = set(d) - {'bn_policy', 'patience', 'restore_best', 'monitor', 'keep_state', 'phases'}
+    if unknown: raise ValueError(f"Unknown schedule settings: {', '.join(sorted(unknown))}")
+    if not isinstance(d.get('phases', []), list): raise ValueError(f"phases must be a list of phases, got {d['phases']!r}")
+    phases = [_phase_fields(p, i) for i,p in enumerate(d.get('phases', []))]
+    old = [i for i,p in enumerate(phases) if _is_int(p.get('groups')) and p.get('top') is None]
+    for i in old: phases[i]['top'] = phases[i].pop('groups')
+    if old: warnings.warn(f"The schedule gives `groups` as a count of top groups in phase {', '.join(map(str, old))}, as schedules did before `top`: "
+                          "read as `top`; save it again to write `top`", FutureWarning)
+    if d.get('patience') is not None: d['patience'] = _number(d['patience'], 'patience', 'The schedule', integer=True)
+    return cls(**{**d, 'phases': phases})
 
 # %% ../nbs/04_schedule.ipynb #e31587cd
 @patch
@@ -186,15 +227,19 @@ def load(cls:Schedule, path:str|Path) -> Schedule:
     except (ValueError, TypeError) as e: raise ValueError(f"{path}: {e}") from None
 
 # %% ../nbs/04_schedule.ipynb #f66cedd5
+def _groups_label(p:Phase) -> str:
+    "How a table or a message names the groups `p` trains"
+    return f"top {p.top}" if _is_int(p.top) else f"groups={p.groups!r}" if p.top is None else 'all'
+
 @patch
 def table(self:Schedule, learn:Learner|None=None) -> pd.DataFrame:
     "One row per phase; with `learn`, the resolved groups and their learning rates"
     rows = []
     for i,p in enumerate(self.phases):
-        r = dict(phase=i, name=p.name, groups=p.groups, epochs=p.epochs, sched=p.sched, lr_max=p.lr_max,
+        r = dict(phase=i, name=p.name, groups=_groups_label(p), epochs=p.epochs, sched=p.sched, lr_max=p.lr_max,
                  lrs=p.lrs if isinstance(p.lrs, str) else 'explicit')
         if learn is not None:
-            idxs = _resolve(p.groups, learn.n_groups, list(learn.group_names))
+            idxs = p.indices(learn.n_groups, list(learn.group_names))
             r['groups'] = f"{idxs[0]}..{idxs[-1]}" if idxs == list(range(idxs[0], idxs[-1]+1)) else str(idxs)
             r['group_lrs'] = ' '.join(f"{o:.1e}" for o in p.group_lrs(learn.n_groups)[idxs])
         if any(q.policy is not None for q in self.phases):  # how each group trains: f(rozen), F(ull), L(oRA)
@@ -246,10 +291,10 @@ def check(self:Schedule, learn:Learner):
         if isinstance(p.lrs, str) and p.lrs not in lr_policies: raise ValueError(f"{where}: unknown lr policy {p.lrs!r}; choose one of {lr_policies}")
         if not isinstance(p.lrs, str) and not all(map(_finite, p.lrs)): raise ValueError(f"{where}: every explicit rate must be a finite number, got {list(p.lrs)}")
         try:
-            idxs = _resolve(p.groups, n, names); lrs = p.group_lrs(n)
+            idxs = p.indices(n, names); lrs = p.group_lrs(n)
             if p.policy is not None: idxs = [j for j,s in enumerate(p.group_policies(n, names)) if s['policy'] != 'frozen']
         except (ValueError, KeyError, IndexError) as e: raise type(e)(e.args[0] if e.args[0].startswith(('Phase', 'The phase')) else f"{where}: {e.args[0]}") from None
-        if not idxs: raise ValueError(f"{where}: groups={p.groups!r} trains nothing")
+        if not idxs: raise ValueError(f"{where}: {_groups_label(p)} trains nothing")
         if (lrs <= 0).any(): raise ValueError(f"{where}: every learning rate must be positive")
         if p.lrs == 'ulmfit' and p.factor < 1 and len(idxs) > 1:
             warnings.warn(f"{where}: factor={p.factor} < 1 gives the body a higher learning rate than the head (ULMFiT divides by factor > 1 per group)")

@@ -55,4 +55,4 @@ def test_auto_schedule_leaves_the_learner_and_picks_the_best_probe():
     t = sch.probe
     assert list(t.k) == [2, 3] and t.chosen.sum() == 1
     best = t.sort_values(['accuracy', 'valid_loss'], ascending=[False, True]).iloc[0]
-    assert sch.phases[1].groups == (int(best.k) if best.k < lrn.n_groups else 'all') and sch.phases[1].lr_max == best.lr_max
+    assert sch.phases[1].top == (int(best.k) if best.k < lrn.n_groups else 'all') and sch.phases[1].lr_max == best.lr_max
