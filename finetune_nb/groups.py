@@ -11,7 +11,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 # %% auto #0
 __all__ = ['auto_splitter', 'bn_policies', 'span_name', 'layer_groups', 'check_groups', 'AutoSplitter', 'layer_group_names',
-           'is_adapter', 'resolve_groups', 'fast_layout']
+           'group_modules', 'head_module', 'find_head', 'is_adapter', 'resolve_groups', 'fast_layout']
 
 # %% ../nbs/02_groups.ipynb #2b63b248
 def _has_params(m:nn.Module): return next(m.parameters(), None) is not None
@@ -188,6 +188,44 @@ auto_splitter = AutoSplitter()
 def layer_group_names(model:nn.Module, n_groups:int|None=None, x=None) -> L:
     "Names of the layer groups `auto_splitter` finds in `model` (given the sample input `x`, if any)"
     return auto_splitter(model, n_groups, x).map(partial(span_name, model))
+
+# %% ../nbs/02_groups.ipynb #db48fd8d
+def group_modules(model:nn.Module, params) -> list:
+    "Names of the largest modules of `model` all of whose parameters are among `params`, in order (the model itself left out)"
+    ids,res = set(map(id, params)),[]
+    def walk(m, prefix):
+        ps = [id(p) for p in m.parameters()]
+        if ps and all(i in ids for i in ps): return res.append(prefix.rstrip('.'))
+        for n,c in m.named_children(): walk(c, prefix+n+'.')
+    walk(model, '')
+    return [s for s in res if s]
+
+# %% ../nbs/02_groups.ipynb #99a53243
+def _head_params(model) -> tuple:
+    "The model of `model` (a module or a `Learner`) and the parameters of its head: the last group of the learner's splitter, else of `layer_groups`"
+    if isinstance(model, Learner):
+        m,groups = model.model,model.splitter(model.model)
+        return m, list(groups[-1] if is_listy(groups[0]) else groups)  # fastai's `trainable_params` gives one flat group
+    params = dict(model.named_parameters(remove_duplicate=False))
+    return model, [params[n] for n in layer_groups(model)[-1]]
+
+# %% ../nbs/02_groups.ipynb #b04f4328
+def head_module(model) -> str:
+    "Name of the (first) module of the head of `model` (a module or a `Learner`): its input is what the body gives the head"
+    m,ps = _head_params(model)
+    mods = group_modules(m, ps)
+    if not mods: raise ValueError(f"The last layer group of {type(m).__name__} is not a module of its own, so there is no head input to read")
+    return mods[0]
+
+# %% ../nbs/02_groups.ipynb #c8714b27
+def find_head(model, # A module, or a `Learner` (its splitter's groups)
+              n_out:int|None=None): # Only linear layers with this many outputs
+    "Name of the classifier of `model`: the last `nn.Linear` (with `n_out` outputs, if given) in its head, else in the whole model"
+    m,ps = _head_params(model)
+    ids = set(map(id, ps))
+    lins = [(n, all(id(p) in ids for p in l.parameters())) for n,l in m.named_modules() if isinstance(l, nn.Linear) and (n_out is None or l.out_features == n_out)]
+    if not lins: raise ValueError(f"{type(m).__name__} has no linear layer" + (f" with {n_out} outputs" if n_out else "") + " to serve as its classifier")
+    return ([n for n,in_head in lins if in_head] or [n for n,_ in lins])[-1]
 
 # %% ../nbs/02_groups.ipynb #538e39de
 @patch(as_prop=True)
