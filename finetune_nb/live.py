@@ -53,13 +53,80 @@ class TrainingState:
     def done_batches(self) -> int: return (self.epochs_before+self.epoch)*self.n_batches + self.batch
     @property
     def total_batches(self) -> int: return max(self.total_epochs*self.n_batches, 1)
-    def progress_line(self) -> str:
-        "Phase, epoch, batch, speed and ETA in one line"
-        of = f" (of {self.total_epochs} in all)" if self.total_epochs > self.n_epochs else ''
-        return (f"{self.phase + ' · ' if self.phase else ''}epoch {self.epoch+1}/{self.n_epochs}{of} · batch {self.batch}/{self.n_batches}"
-                f" · {self.speed or 0:.0f} samples/s" + (f" · ETA {_fmt_time(self.eta)}" if self.running else '')
-                + (f" · loss {_num(self.loss.ys[-1]):.4f}" if len(self.loss) else '')
-                + (' · ⚠ overfitting' if self.overfit else '') + (' · ✖ diverged' if self.diverged else ''))
+    @property
+    def status(self) -> str:
+        "Where the run is: not started, running, stopping…, stopped, diverged or done"
+        if self.diverged or self.stopped: return 'diverged' if self.diverged else 'stopped'
+        if self.running: return 'stopping…' if self.stop_requested else 'running'
+        return 'done' if self.step else 'not started'
+
+# %% ../nbs/12c_live.ipynb #78b4d910
+@patch
+def begin_fit(self:TrainingState, n_epochs:int, n_batches:int, group_names:list, frozen:set):
+    "Start a fit of `n_epochs` epochs of `n_batches` batches: its progress and speed start again, the series go on"
+    self.n_epochs,self.n_batches,self.epoch,self.running,self.stopped = n_epochs,n_batches,0,True,False
+    self.t_fit,self.samples,self.speed,self.eta = time.time(),0,None,None
+    self.group_names,self.frozen = list(group_names),set(frozen)
+    self.epochs_before,self.total_epochs = 0,n_epochs
+
+@patch
+def begin_phase(self:TrainingState, name:str, epochs_before:int, total_epochs:int):
+    "Mark where phase `name` of a schedule starts, after `epochs_before` epochs of the schedule's `total_epochs`"
+    self.phase,self.epochs_before,self.total_epochs = name,epochs_before,total_epochs
+    self.phases.append((self.step, name))
+
+# %% ../nbs/12c_live.ipynb #a77526d2
+@patch
+def add_batch(self:TrainingState, loss, # The smoothed loss: a tensor stays one until drawn (no GPU synchronisation)
+              lrs:list|None, # Each group's learning rate at this batch (frozen groups are drawn as gaps)
+              bs:int, # Items in the batch
+              epoch:int, # Epoch of this fit
+              batch:int): # Batches done in this epoch
+    "Record a training batch: its loss and rates, and the speed and ETA so far"
+    self.loss.add(self.step, loss.detach() if isinstance(loss, Tensor) else loss)
+    if lrs is not None: self.lrs.add(self.step, [np.nan if i in self.frozen else lr for i,lr in enumerate(lrs)])
+    self.step,self.batch,self.samples = self.step+1,batch,self.samples+bs
+    el = time.time()-self.t_fit
+    self.speed = self.samples/el if el > 0 else None
+    done = epoch*self.n_batches + batch   # in this fit, at this fit's speed
+    self.eta = el/done*(self.total_batches-self.done_batches) if done else None
+
+# %% ../nbs/12c_live.ipynb #2d82dbdb
+@patch
+def add_epoch(self:TrainingState, epoch:int, # Epoch of this fit
+              names:list, # fastai's `recorder.metric_names[1:-1]`: train_loss, valid_loss, the metrics
+              vals:list): # fastai's `recorder.log[1:-1]`
+    "Record an epoch: a row of the table, a point of the validation loss and of each metric"
+    self.rows.append(dict(phase=self.phase, epoch=self.epochs_before+epoch, **{n:(float(v) if v is not None else None) for n,v in zip(names, vals)}))
+    for n,v in zip(names, vals):
+        if n == 'train_loss' or v is None: continue
+        if n == 'valid_loss': self.valid.add(self.step, float(v))
+        else: self.metrics.setdefault(n, BoundedSeries(self.max_points)).add(self.step, float(v))
+    self.epoch = epoch+1 if epoch+1 < self.n_epochs else epoch
+
+# %% ../nbs/12c_live.ipynb #eb411a90
+@patch
+def last_epoch(self:TrainingState) -> str:
+    "The validation loss and metrics of the last epoch, as `name value` pairs ('' before the first)"
+    r = self.rows[-1] if self.rows else {}
+    return ' · '.join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                      for k,v in r.items() if k not in ('phase', 'epoch', 'train_loss') and v is not None)
+
+# %% ../nbs/12c_live.ipynb #375dacb2
+@patch
+def progress_line(self:TrainingState) -> str:
+    "Phase, epoch, batch, speed, ETA, smoothed loss and the last epoch's validation metrics in one line"
+    of = f" (of {self.total_epochs} in all)" if self.total_epochs > self.n_epochs else ''
+    return (f"{self.phase + ' · ' if self.phase else ''}epoch {self.epoch+1}/{self.n_epochs}{of} · batch {self.batch}/{self.n_batches}"
+            f" · {self.speed or 0:.0f} samples/s" + (f" · ETA {_fmt_time(self.eta)}" if self.running else '')
+            + (f" · loss {_num(self.loss.ys[-1]):.4f}" if len(self.loss) else '')
+            + (f" · {m}" if (m := self.last_epoch()) else '')
+            + (' · ⚠ overfitting' if self.overfit else '') + (' · ✖ diverged' if self.diverged else ''))
+
+@patch
+def end_line(self:TrainingState) -> str:
+    "The line that ends a fit: how (Done, Stopped, Diverged), where, and the last validation metrics"
+    return f"{'Diverged' if self.diverged else 'Stopped' if self.stopped else 'Done'}: {self.progress_line()}"
 
 # %% ../nbs/12c_live.ipynb #5394e4d1
 def _kernel():
@@ -123,6 +190,47 @@ def route_to_subshell(comm, # A widget's comm, e.g. `button.comm`
     comm._reply_subshell_for = to_subshell
     return ''
 
+# %% ../nbs/12c_live.ipynb #9b42290e
+def _grad_norms(param_lists, # The optimiser's parameter groups (`learn.opt.param_lists`)
+                device=None) -> Tensor: # Where a group without gradients gets its zero
+    "Each group's gradient norm: one fused `torch._foreach_norm` per group, no GPU synchronisation"
+    norms = []
+    for pg in param_lists:
+        gs = [p.grad for p in pg if p.grad is not None]
+        norms.append(torch.stack(torch._foreach_norm(gs)).norm() if gs else torch.zeros((), device=device))
+    return torch.stack(norms).detach()
+
+# %% ../nbs/12c_live.ipynb #bdf4ec69
+def _overfit_message(learn) -> str:
+    "The overfitting watch's message while its flag is up (`learn.overfit`, kept by `OverfitWatch`), else ''"
+    ov = getattr(learn, 'overfit', None)
+    return ov.message if isinstance(ov, OverfitState) and ov.flag else ''
+
+# %% ../nbs/12c_live.ipynb #127cf93f
+def _phase_of(learn) -> tuple|None:
+    "The schedule's phase `learn` runs now as `(name, epochs before it, epochs of the schedule)`, or `None`"
+    ph,log = running_phase(learn),getattr(learn, 'ft_log', None)  # a schedule's phase, not one left from an earlier run
+    if ph is None: return None
+    phases = log.schedule.phases
+    return phases[ph].name or f'phase {ph}', len(log.rows), len(log.rows) + sum(p.epochs for p in phases[ph:])
+
+def _more_phases(learn) -> bool:
+    "Whether more phases of a schedule follow the fit `learn` runs"
+    ph = running_phase(learn)
+    return ph is not None and ph < len(learn.ft_log.schedule.phases)-1
+
+# %% ../nbs/12c_live.ipynb #9aee47b3
+def _group_recorder(learn) -> tuple:
+    "The `GroupRecorder` whose rates the panel draws, and whether the panel added it (for one fit: the caller removes it)"
+    rec = getattr(learn, 'group_recorder', None)
+    if isinstance(rec, GroupRecorder): return rec,False
+    rec = GroupRecorder(); learn.add_cb(rec); rec.before_fit()   # it joins after fastai's `before_fit` event
+    return rec,True
+
+def _last_lrs(rec:GroupRecorder) -> list|None:
+    "Each group's learning rate at the last batch `rec` recorded, or `None` before the first"
+    return [h[rec.hypers.index('lr')] for h in rec.hist[-1]] if rec.hist else None
+
 # %% ../nbs/12c_live.ipynb #443db08a
 class LivePanel(LeftOut, Callback):
     "Live charts, progress, device load and a Stop button for fastai training"
@@ -131,10 +239,10 @@ class LivePanel(LeftOut, Callback):
                  grad_every:int=10, # Compute per-group gradient norms every this many batches
                  max_points:int=400, # Points kept per series
                  png:str|Path|None=None, # Save the final charts here (default: 'live_panel.png' without a frontend)
-                 text_every:float=10.0, # Seconds between text progress lines without a frontend
+                 text_every:float=10.0, # Seconds between text progress lines
                  widgets:bool|None=None): # Force the widget view on or off (default: where a frontend exists)
         store_attr(but='widgets')
-        self.state = TrainingState(max_points)
+        self.state,self.lines = TrainingState(max_points),deque(maxlen=max_points)  # the panel's text: printed without widgets
         self.use_widgets = has_widget_frontend() if widgets is None else widgets
         self.monitor,self.view,self._thread,self._error = None,None,None,None
         self.blocking = self.waiting = False  # the fit keeps the cell that runs busy: it runs there, or `wait` waits for it
@@ -144,106 +252,85 @@ class LivePanel(LeftOut, Callback):
         self.state.t_stop,self.state.stop_requested = time.time(),True
 
     def before_fit(self):
-        st = self.state
-        st.n_epochs,st.epoch,st.running,st.stopped = self.n_epoch,0,True,False
+        learn,st = self.learn,self.state
         self.blocking = threading.current_thread() is threading.main_thread()  # where a kernel runs cells
-        st.n_batches = len(self.dls.train)
-        st.t_fit,st.samples,st.speed,st.eta = time.time(),0,None,None
-        st.group_names = list(self.learn.group_names)
-        st.frozen = set(range(self.learn.n_groups)) - set(self.learn.trainable_groups)
-        st.epochs_before,st.total_epochs = 0,self.n_epoch
-        self._rec,self._own_rec = getattr(self.learn, 'group_recorder', None),None  # the per-group record the panel reads
-        if not isinstance(self._rec, GroupRecorder):  # a plain learner: the panel brings one for this fit, and takes it away after
-            self._rec = self._own_rec = GroupRecorder()
-            self.learn.add_cb(self._rec); self._rec.before_fit()   # it joins after fastai's `before_fit` event
-        ph,log = running_phase(self.learn),getattr(self.learn, 'ft_log', None)  # a schedule's phase, not one left from an earlier run
-        if ph is not None:
-            st.phase = log.schedule.phases[ph].name or f'phase {ph}'
-            st.phases.append((st.step, st.phase))
-            st.epochs_before,st.total_epochs = len(log.rows),len(log.rows) + sum(p.epochs for p in log.schedule.phases[ph:])
-        ov,self._diverged0 = getattr(self.learn, 'overfit', None),getattr(self.learn, 'diverged', None)
-        st.overfit,st.diverged = (ov.message if isinstance(ov, OverfitState) and ov.flag else ''),''  # the watch carries its state across phases
-        if self.monitor is None: self.monitor = DeviceMonitor(next(self.learn.model.parameters()).device)
+        st.begin_fit(self.n_epoch, len(self.dls.train), learn.group_names, set(range(learn.n_groups)) - set(learn.trainable_groups))
+        self._rec,self._own_rec = _group_recorder(learn)  # the per-group record the panel reads
+        if (ph := _phase_of(learn)) is not None: st.begin_phase(*ph)
+        st.overfit,st.diverged,self._diverged0 = _overfit_message(learn),'',getattr(learn, 'diverged', None)  # the watch spans phases
+        if self.monitor is None: self.monitor = DeviceMonitor(next(learn.model.parameters()).device)
         self.monitor.start()
         if self.use_widgets and self.view is None: self.view = LiveView(self); self.view.display()
         self._draw(force=True)
 
     def before_batch(self):
         if self.state.stop_requested and self.training:
-            self.state.stopped = True
-            self.learn.cancel_schedule = True
+            self.state.stopped = self.learn.cancel_schedule = True
             raise CancelFitException()
 
     def after_backward(self):
-        if self.state.step % self.grad_every: return
-        norms = []
-        for pg in self.opt.param_lists:
-            gs = [p.grad for p in pg if p.grad is not None]
-            norms.append(torch.stack(torch._foreach_norm(gs)).norm() if gs else torch.zeros((), device=self.loss.device))
-        self.state.grads.add(self.state.step, torch.stack(norms).detach())
+        if self.state.step % self.grad_every == 0: self.state.grads.add(self.state.step, _grad_norms(self.opt.param_lists, self.loss.device))
 
     def after_batch(self):
         if not self.training: return
-        st = self.state
-        st.loss.add(st.step, self.learn.smooth_loss.detach() if isinstance(self.learn.smooth_loss, Tensor) else self.learn.smooth_loss)
-        if self._rec.hist:  # this batch's rates, recorded by `GroupRecorder` (it runs before the panel); frozen groups have none
-            k = self._rec.hypers.index('lr')
-            st.lrs.add(st.step, [np.nan if i in st.frozen else h[k] for i,h in enumerate(self._rec.hist[-1])])
-        st.step += 1; st.batch = self.iter+1
-        st.samples += find_bs(self.learn.yb)
-        el = time.time()-st.t_fit
-        st.speed = st.samples/el if el > 0 else None
-        done = self.epoch*st.n_batches + st.batch   # in this fit, at this fit's speed
-        st.eta = el/done*(st.total_batches-st.done_batches) if done else None
+        self.state.add_batch(self.learn.smooth_loss, _last_lrs(self._rec), find_bs(self.learn.yb), self.epoch, self.iter+1)
         self._draw()
 
     def after_epoch(self):
-        st,rec = self.state,self.learn.recorder
-        names,vals = rec.metric_names[1:-1],rec.log[1:-1]
-        st.rows.append(dict(phase=st.phase, epoch=st.epochs_before+self.epoch, **{n:(float(v) if v is not None else None) for n,v in zip(names, vals)}))
-        for n,v in zip(names, vals):
-            if n == 'train_loss' or v is None: continue
-            if n == 'valid_loss': st.valid.add(st.step, float(v))
-            else: st.metrics.setdefault(n, BoundedSeries(self.max_points)).add(st.step, float(v))
-        st.epoch = self.epoch+1 if self.epoch+1 < st.n_epochs else self.epoch
-        ov = getattr(self.learn, 'overfit', None)  # kept by `OverfitWatch`, which runs before the panel
-        msg = ov.message if isinstance(ov, OverfitState) and ov.flag else ''
-        if msg and not st.overfit and not self.use_widgets: print(f"⚠ {msg}", flush=True)  # once, when the flag goes up
-        st.overfit = msg
+        self.state.add_epoch(self.epoch, self.learn.recorder.metric_names[1:-1], self.learn.recorder.log[1:-1])
+        msg = _overfit_message(self.learn)
+        if msg and not self.state.overfit: self._say(f"⚠ {msg}")  # once, when the flag goes up
+        self.state.overfit = msg
         self._draw(force=True)
 
     def after_fit(self):
-        st = self.state
-        st.running,self.blocking = False,False
-        if self._own_rec is not None: self.learn.remove_cb(self._own_rec); self._own_rec = None
+        st,self.blocking,self.state.running = self.state,False,False
+        if self._own_rec: self.learn.remove_cb(self._rec)
         d = getattr(self.learn, 'diverged', None)
         if d is not None and d is not self._diverged0: st.diverged = str(d)  # `DivergenceGuard` stopped this fit
         if self.monitor is not None: self.monitor.stop()
-        self._draw(force=True)
-        if not self.use_widgets:
-            print(("Diverged: " if st.diverged else "Stopped: " if st.stopped else "Done: ") + st.progress_line(), flush=True)
-        png = self.png if self.png is not None else (None if self.use_widgets else 'live_panel.png')
-        if png and (st.stopped or st.diverged or not self._in_schedule()): self.save_png(png)  # once, at the end of a schedule
+        self._finish()
 
-# %% ../nbs/12c_live.ipynb #8a4d5f4d
+# %% ../nbs/12c_live.ipynb #27414dd7
 @patch
-def _in_schedule(self:LivePanel) -> bool:
-    "Whether more phases of a schedule follow this fit"
-    ph = running_phase(self.learn)
-    return ph is not None and ph < len(self.learn.ft_log.schedule.phases)-1
+def _say(self:LivePanel, line:str, always:bool=False):
+    "Keep `line` in the panel's text, and print it where there are no widgets (or `always`)"
+    self.lines.append(line)
+    if always or not self.use_widgets: print(line, flush=True)
 
 # %% ../nbs/12c_live.ipynb #0c2bbfa0
 @patch
 def _draw(self:LivePanel, force:bool=False):
-    "Redraw the view (at most `fps` times a second), or print a text line (every `text_every` seconds) without one"
-    now = time.time()
-    st = self.state
+    "Redraw the view (at most `fps` times a second), and keep a text line every `text_every` seconds"
+    now,st = time.time(),self.state
     st.device = self.monitor.latest if self.monitor is not None else {}
-    if self.view is not None:
-        if force or now-self._last_draw >= 1/self.fps: self._last_draw = now; self.view.update()
-    elif not self.use_widgets and (now-self._last_text >= self.text_every) and st.step:
+    if self.view is not None and (force or now-self._last_draw >= 1/self.fps): self._last_draw = now; self.view.update()
+    if st.step and now-self._last_text >= self.text_every:
         self._last_text = now
-        print(st.progress_line() + (f" · {device_line(st.device)}" if st.device else ''), flush=True)
+        self._say(st.progress_line() + (f" · {device_line(st.device)}" if st.device else ''))
+
+# %% ../nbs/12c_live.ipynb #26fcf114
+@patch
+def _finish(self:LivePanel):
+    "End a fit: draw it, say how it ended, and save the charts at the end of a run (not between a schedule's phases)"
+    st = self.state
+    self._draw(force=True)
+    self._say(st.end_line())
+    png = self.png if self.png is not None else (None if self.use_widgets else 'live_panel.png')
+    if png and (st.stopped or st.diverged or not _more_phases(self.learn)):
+        self._say(f"Saved the live panel's charts to {self.save_png(png).resolve()}", always=True)
+    if self.view is not None: self.view.show_text()   # the text a notebook keeps where no widget shows
+
+# %% ../nbs/12c_live.ipynb #752104b0
+@patch
+def __repr__(self:LivePanel) -> str:
+    st = self.state
+    return f"LivePanel({st.status}" + (f": {st.progress_line()}" if st.step else '') + ')'
+
+@patch
+def text(self:LivePanel) -> str:
+    "The panel as text: the lines it printed (or, with widgets, would have printed), or its `repr` before any"
+    return '\n'.join(self.lines) or repr(self)
 
 # %% ../nbs/12c_live.ipynb #853cc344
 @patch
@@ -292,30 +379,42 @@ class LiveView:
         self.stop_blocked = why or route_to_subshell(self.stop.comm, sid)
         self.widget = W.VBox([W.HBox([self.stop, self.progress, self.status]), self.alert, self.device,
                               W.HBox([self.charts['loss'], self.charts['metrics']]), W.HBox([self.charts['lrs'], self.charts['grads']]), self.table])
+    def _repr_mimebundle_(self, **kwargs):
+        "The widget, with the panel's text as its plain-text form (what a notebook run without a widget frontend shows)"
+        return {**(self.widget._repr_mimebundle_(**kwargs) or {}), 'text/plain': self.panel.text()}
     def display(self):
         from IPython.display import display
-        display(self.widget)
-    def sync_stop(self):
-        "Enable Stop while the fit runs and a click can reach it; otherwise disable it, saying why"
-        p,st = self.panel,self.panel.state
-        cant = bool(self.stop_blocked) and st.running and (p.blocking or p.waiting)
-        self.stop.disabled = not st.running or cant
-        self.stop.description = 'Stop unavailable' if cant else 'Stop'
-        self.stop.tooltip = (f"Stop cannot reach this busy cell ({self.stop_blocked}): interrupt the kernel instead, "
-                             "or run the fit with panel.start(...)") if cant else 'Stop the training at the next batch'
-    def update(self):
-        st = self.panel.state
-        with self.widget.hold_sync():
-            self.progress.max = st.total_batches
-            self.progress.value = min(st.done_batches, self.progress.max)
-            state = 'diverged' if st.diverged else 'stopped' if st.stopped else ('stopping…' if st.stop_requested and st.running else ('running' if st.running else 'done'))
-            self.status.value = f"<b>{state}</b> · {st.progress_line()}"
-            self.alert.value = alert_html(st)
-            self.alert.layout.display = None if self.alert.value else 'none'
-            self.device.value = f"<small>{device_line(st.device)}</small>"
-            for k,spec in st.charts().items(): self.charts[k].value = svg_chart(spec)
-            self.table.value = st.table_html()
-            self.sync_stop()
+        self.handle = display(self, display_id=True)
+    def show_text(self):
+        "Bring the displayed output's plain-text form up to date (once, at the end: each update redraws the widget)"
+        if getattr(self, 'handle', None) is not None: self.handle.update(self)
+
+# %% ../nbs/12c_live.ipynb #a22a6b97
+@patch
+def sync_stop(self:LiveView):
+    "Enable Stop while the fit runs and a click can reach it; otherwise disable it, saying why"
+    p,st = self.panel,self.panel.state
+    cant = bool(self.stop_blocked) and st.running and (p.blocking or p.waiting)
+    self.stop.disabled = not st.running or cant
+    self.stop.description = 'Stop unavailable' if cant else 'Stop'
+    self.stop.tooltip = (f"Stop cannot reach this busy cell ({self.stop_blocked}): interrupt the kernel instead, "
+                         "or run the fit with panel.start(...)") if cant else 'Stop the training at the next batch'
+
+# %% ../nbs/12c_live.ipynb #07aeedc6
+@patch
+def update(self:LiveView):
+    "Draw the panel's state: progress, status, alerts, device, charts, table, Stop"
+    st = self.panel.state
+    with self.widget.hold_sync():
+        self.progress.max = st.total_batches
+        self.progress.value = min(st.done_batches, self.progress.max)
+        self.status.value = f"<b>{st.status}</b> · {st.progress_line()}"
+        self.alert.value = alert_html(st)
+        self.alert.layout.display = None if self.alert.value else 'none'
+        self.device.value = f"<small>{device_line(st.device)}</small>"
+        for k,spec in st.charts().items(): self.charts[k].value = svg_chart(spec)
+        self.table.value = st.table_html()
+        self.sync_stop()
 
 # %% ../nbs/12c_live.ipynb #8a5837ff
 @patch
