@@ -27,6 +27,17 @@ def _picker_groups(learn:Learner) -> tuple:
               "which `apply` gives the learner (as `splitter=auto_splitter` would)")
     return groups,len(groups) > 1
 
+# %% ../nbs/12b_picker.ipynb #c597ddff
+def _param_counts(learn:Learner, groups:list, split:bool) -> dict:
+    "Per group: parameters, norm-layer parameters, those the user froze, and the norm ones the user left free"
+    uf = ({id(p) for g in groups for p in g if not p.requires_grad} if split
+          else {id(p) for n,p in learn.model.named_parameters() if n in set(learn.user_frozen)})
+    ids = set(map(id, norm_bias_params(learn.model, with_bias=False)))
+    count = lambda f: [sum(p.numel() for p in g if f(p)) for g in groups]
+    return dict(params=count(lambda p: True), norm_params=count(lambda p: id(p) in ids),
+                user_frozen=count(lambda p: id(p) in uf), free_norm=count(lambda p: id(p) in ids and id(p) not in uf))
+
+# %% ../nbs/12b_picker.ipynb #60761172
 class PickerState:
     "Which groups train, at which learning rates, with which BatchNorm policy: a choice to preview and apply"
     def __init__(self, learn:Learner, lr_max:float|None=None):
@@ -39,14 +50,8 @@ class PickerState:
         self.lr_policy,self.lr_max,self.factor,self.decay = 'ulmfit',ifnone(lr_max, max(cur)),2.6,0.75
         self.explicit = cur if not self.split else cur*n
         self.bn_policy = getattr(learn, 'bn_policy', 'train' if learn.train_bn else 'stats')
-        uf = ({id(p) for g in self.groups for p in g if not p.requires_grad} if self.split
-              else {id(p) for n_,p in learn.model.named_parameters() if n_ in set(learn.user_frozen)})
-        ids = set(map(id, norm_bias_params(learn.model, with_bias=False)))
-        count = lambda g,f: sum(p.numel() for p in g if f(p))
-        self.params = [count(g, lambda p: True) for g in self.groups]
-        self.norm_params = [count(g, lambda p: id(p) in ids) for g in self.groups]
-        self.user_frozen = [count(g, lambda p: id(p) in uf) for g in self.groups]  # never trained, whatever the choice
-        self._free_norm = [count(g, lambda p: id(p) in ids and id(p) not in uf) for g in self.groups]
+        n_ = _param_counts(learn, self.groups, self.split)  # `user_frozen`: never trained, whatever the choice
+        self.params,self.norm_params,self.user_frozen,self._free_norm = n_['params'],n_['norm_params'],n_['user_frozen'],n_['free_norm']
         had = getattr(learn, 'group_policies', None) if not self.split else None  # how a trained group trains: 'full' or 'lora' (with `lora`'s options)
         self.how = [s['policy'] if had and s['policy'] != 'frozen' else 'full' for s in (had or [{}]*n)]
         self.lora = next((dict((k,v) for k,v in s.items() if k != 'policy') for s in (had or []) if s['policy'] == 'lora'), dict(lora_defaults))
@@ -56,26 +61,30 @@ class PickerState:
         return ['frozen' if not t else dict(policy='lora', **self.lora) if h == 'lora' else 'full' for t,h in zip(self.trainable, self.how)]
     def _adapted(self) -> bool: return 'lora' in [h for t,h in zip(self.trainable, self.how) if t] or bool(getattr(self.learn, 'group_policies', None))
 
-    def train_from(self, n:int):
-        "Train group `n` and every group above it; freeze the rest"
-        if not 0 <= n < len(self.names): raise IndexError(f"Layer group {n} does not exist: the learner has {len(self.names)} groups")
-        self.trainable = [i >= n for i in range(len(self.names))]
+# %% ../nbs/12b_picker.ipynb #0954cd3a
+@patch
+def train_from(self:PickerState, n:int):
+    "Train group `n` and every group above it; freeze the rest"
+    if not 0 <= n < len(self.names): raise IndexError(f"Layer group {n} does not exist: the learner has {len(self.names)} groups")
+    self.trainable = [i >= n for i in range(len(self.names))]
 
-    def lrs(self) -> np.ndarray:
-        "Learning rate of every group under the chosen policy"
-        return Phase(lr_max=self.lr_max, lrs=self.lr_policy if self.lr_policy!='explicit' else list(self.explicit),
-                     factor=self.factor, decay=self.decay).group_lrs(len(self.names))
+@patch
+def lrs(self:PickerState) -> np.ndarray:
+    "Learning rate of every group under the chosen policy"
+    return Phase(lr_max=self.lr_max, lrs=self.lr_policy if self.lr_policy!='explicit' else list(self.explicit),
+                 factor=self.factor, decay=self.decay).group_lrs(len(self.names))
 
-    @property
-    def trainable_params(self) -> int:
-        "Parameters that would train (frozen groups' norm layers count under the 'train' BatchNorm policy; the user's frozen ones never)"
-        if self._adapted() and not self.split:  # LoRA: the exact count of the adapters PEFT would add
-            with warnings.catch_warnings():
-                warnings.simplefilter('ignore')
-                try: return int(policy_table(self.learn, self.policies()).trainable.sum())
-                except ValueError: pass  # a group LoRA cannot adapt: `apply` says which
-        return sum(p-u if on else (fn if self.bn_policy=='train' else 0)
-                   for on,p,u,fn in zip(self.trainable, self.params, self.user_frozen, self._free_norm))
+# %% ../nbs/12b_picker.ipynb #09cdb096
+@patch(as_prop=True)
+def trainable_params(self:PickerState) -> int:
+    "Parameters that would train (frozen groups' norm layers count under the 'train' BatchNorm policy; the user's frozen ones never)"
+    if self._adapted() and not self.split:  # LoRA: the exact count of the adapters PEFT would add
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            try: return int(policy_table(self.learn, self.policies()).trainable.sum())
+            except ValueError: pass  # a group LoRA cannot adapt: `apply` says which
+    return sum(p-u if on else (fn if self.bn_policy=='train' else 0)
+               for on,p,u,fn in zip(self.trainable, self.params, self.user_frozen, self._free_norm))
 
 # %% ../nbs/12b_picker.ipynb #2fd68935
 @patch
@@ -85,6 +94,7 @@ def preview(self:PickerState) -> pd.DataFrame:
                              trainable=self.trainable, policy=[p if isinstance(p, str) else f"lora r={p['r']}" for p in self.policies()],
                              lr=self.lrs())).rename_axis('group')
 
+# %% ../nbs/12b_picker.ipynb #56052cd1
 @patch
 def apply(self:PickerState):
     "Make the learner train as chosen"
@@ -102,6 +112,7 @@ def apply(self:PickerState):
     learn.lr = lrs
     return learn
 
+# %% ../nbs/12b_picker.ipynb #74bc56f3
 @patch
 def to_schedule(self:PickerState, epochs:int=3, stage_epochs:int=1, sched:str='one_cycle') -> Schedule:
     "A progressive schedule down to the lowest chosen group, with the chosen rates and BatchNorm policy"
@@ -160,6 +171,20 @@ def _modules_html(st:PickerState, i:int) -> str:
     more = f"<li>… {len(mods)-200} more</li>" if len(mods) > 200 else ''
     return f"<details><summary>{_escape(st.names[i])}</summary><ul style='margin:0'>{items}{more}</ul></details>"
 
+# %% ../nbs/12b_picker.ipynb #d3d63a6c
+def _group_rows(st:PickerState) -> tuple:
+    "The picker's table of groups: a checkbox, the modules, the parameters, the rate and how it trains, per group; and a header"
+    import ipywidgets as W
+    checks = [W.Checkbox(value=t, indent=False, layout=W.Layout(width='40px')) for t in st.trainable]
+    lr_labels = [W.Label() for _ in st.names]
+    hows = [W.Dropdown(options=['full', 'lora'], value=h, layout=W.Layout(width='80px')) for h in st.how]  # how a trained group trains
+    cols = [W.Layout(width=w) for w in ('40px', '320px', '180px', '200px', '80px')]
+    head = W.HBox([W.HTML(f"<b>{t}</b>", layout=c) for t,c in zip(('train', 'group', 'parameters', 'learning rate', 'how'), cols)])
+    rows = [W.HBox([c, W.HTML(_modules_html(st, i), layout=cols[1]),
+                   W.Label(f"{st.params[i]:,}" + (f" ({st.user_frozen[i]:,} frozen by you)" if st.user_frozen[i] else ""), layout=cols[2]), l, h])
+            for i,(c,l,h) in enumerate(zip(checks, lr_labels, hows))]
+    return checks,lr_labels,hows,[head, *rows]
+
 # %% ../nbs/12b_picker.ipynb #741ef05c
 class LayerPicker:
     "Choose which layer groups of `learn` train, their learning rates and the BatchNorm policy"
@@ -169,14 +194,7 @@ class LayerPicker:
         self.state = st = PickerState(learn, lr_max)
         if schedule is not None: st.use(schedule)
         n = len(st.names)
-        self.checks = [W.Checkbox(value=t, indent=False, layout=W.Layout(width='40px')) for t in st.trainable]
-        self.lr_labels = [W.Label() for _ in range(n)]
-        self.hows = [W.Dropdown(options=['full', 'lora'], value=h, layout=W.Layout(width='80px')) for h in st.how]  # how a trained group trains
-        cols = [W.Layout(width=w) for w in ('40px', '320px', '180px', '200px')]
-        rows = [W.HBox([c, W.HTML(_modules_html(st, i), layout=cols[1]),
-                       W.Label(f"{st.params[i]:,}" + (f" ({st.user_frozen[i]:,} frozen by you)" if st.user_frozen[i] else ""), layout=cols[2]), l, self.hows[i]])
-                for i,(c,l) in enumerate(zip(self.checks, self.lr_labels))]
-        head = W.HBox([W.HTML(f"<b>{t}</b>", layout=c) for t,c in zip(('train', 'group', 'parameters', 'learning rate', 'how'), cols+[W.Layout(width='80px')])])
+        self.checks,self.lr_labels,self.hows,rows = _group_rows(st)
         self.policy = W.Dropdown(options=['ulmfit', 'layer_decay', 'slice', 'flat', 'explicit'], value=st.lr_policy, description='lr policy')
         self.lr_max = W.FloatLogSlider(value=st.lr_max, min=-6, max=0, step=0.1, description='lr_max', readout_format='.1e')
         self.factor = W.BoundedFloatText(value=st.factor, min=1.0, max=100, step=0.1, description='factor')
@@ -193,9 +211,10 @@ class LayerPicker:
         self.apply_btn.on_click(lambda _: self.apply())
         self.export_btn.on_click(lambda _: self.export())
         self.why = W.HTML(_why_html(st))
-        self.widget = W.VBox([self.why, head, *rows, W.HBox([self.policy, self.lr_max]), W.HBox([self.factor, self.decay, self.bn]),
+        self.widget = W.VBox([self.why, *rows, W.HBox([self.policy, self.lr_max]), W.HBox([self.factor, self.decay, self.bn]),
                               W.HBox([self.from_group, self.from_btn]), self.preview, W.HBox([self.apply_btn, self.export_btn]), self.exported])
         self._redraw()
+    def __repr__(self): return f"LayerPicker: {self.state!r}"
 
 # %% ../nbs/12b_picker.ipynb #3cd6843d
 @patch
