@@ -9,7 +9,8 @@ from fastai.vision.all import *
 from .models import lite0_stats
 
 # %% auto #0
-__all__ = ['digits_arrays', 'digits_split', 'array_dls', 'digits_dls', 'item_labels', 'class_names']
+__all__ = ['digits_arrays', 'digits_split', 'array_dls', 'digits_dls', 'item_labels', 'class_names', 'corrupt_labels',
+           'CorruptedDigits']
 
 # %% ../nbs/01_data.ipynb #dd38d4b0
 def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
@@ -100,3 +101,79 @@ def class_names(data, # `DataLoaders`, a `DataLoader` or a dataset
         if labels is None: labels = np.concatenate([item_labels(getattr(o, 'dataset', o)) for o in getattr(data, 'loaders', [data])[:2]])
         c = int(np.max(labels))+1 if len(labels) else 0
     return [str(i) for i in range(c)]
+
+# %% ../nbs/01_data.ipynb #fabf38fd
+def corrupt_labels(labels, # Integer labels
+                   frac:float, # Share of all items whose label is changed
+                   n_classes:int|None=None, # Number of classes (default: the largest label plus one)
+                   seed:int=0, # Seed of the positions and of the new labels
+                   among=None): # Positions that may be changed (default: every item)
+    "A copy of `labels` with `int(frac*len(labels))` of them changed to another class at seeded random positions, and those positions"
+    labels = np.asarray(labels)
+    if not 0 <= frac < 1: raise ValueError(f"frac must be at least 0 and below 1, got {frac}")
+    c = ifnone(n_classes, int(labels.max())+1)
+    if c < 2: raise ValueError(f"Changing a label needs at least 2 classes, got {c}")
+    among = np.arange(len(labels)) if among is None else np.asarray(among)
+    n = int(frac*len(labels))
+    if n > len(among): raise ValueError(f"Cannot change {n} labels among {len(among)} positions")
+    rng = np.random.default_rng(seed)
+    pos = np.sort(rng.choice(among, n, replace=False))
+    new = labels.copy()
+    new[pos] = (labels[pos] + rng.integers(1, c, n)) % c
+    return new, pos
+
+# %% ../nbs/01_data.ipynb #3f8b2e0d
+def _near_copies(imgs:np.ndarray, src, rng, noise:float, dim:float) -> np.ndarray:
+    "Copies of the images `imgs[src]`, each dimmed by a random share up to `dim` and with pixel noise of standard deviation `noise`"
+    copies = [(imgs[i]*(1-rng.uniform(0, dim)) + rng.normal(0, noise, imgs[i].shape)).clip(0, 255).round() for i in src]
+    return np.array(copies).reshape(-1, *imgs.shape[1:])
+
+# %% ../nbs/01_data.ipynb #f71f8891
+class CorruptedDigits:
+    "scikit-learn's digits with known problems: flipped labels, near-copies within training and across the split, noise images"
+    def __init__(self, noise:float=0.08, # Share of the digits whose label is flipped (both splits)
+                 n_dups:int=10, # Near-copies of training digits added to training
+                 n_leaks:int=10, # Near-copies of validation digits added to training
+                 n_outliers:int=10, # Images of uniform noise added to training, with random labels
+                 seed:int=0, # Seed of every problem (the split is `digits_split`'s, seed 42)
+                 copy_noise:float=4., # Standard deviation of a near-copy's pixel noise (pixels are 0 to 255)
+                 copy_dim:float=0.05, # A near-copy is dimmed by a random share up to this
+                 k_shot:int|None=None, # Keep only `k_shot` training digits per class (quick examples)
+                 valid_pct:float=0.2): # Share of each class kept for validation
+        imgs,ys = digits_arrays()
+        trn,val = digits_split(ys, valid_pct, 42, k_shot)
+        rng = np.random.default_rng(seed)
+        src = np.concatenate([rng.choice(trn, n_dups, replace=False), rng.choice(val, n_leaks, replace=False)]).astype(int)
+        copies = _near_copies(imgs, src, rng, copy_noise, copy_dim)
+        noise_imgs = rng.integers(0, 256, (n_outliers, *imgs.shape[1:]))
+        n0,nc = len(imgs),len(src)
+        self.imgs = np.concatenate([imgs, copies, noise_imgs]).astype(np.uint8)
+        self.true_labels = np.concatenate([ys, ys[src], rng.integers(0, 10, n_outliers)])
+        used = np.concatenate([trn, val])
+        sub,p = corrupt_labels(self.true_labels[used], noise, 10, seed, among=np.flatnonzero(~np.isin(used, src)))
+        self.labels = self.true_labels.copy()
+        self.labels[used] = sub
+        self.train,self.valid = np.concatenate([trn, np.arange(n0, n0+nc+n_outliers)]),val
+        self._truth(used[p], src, n0, n_dups, n_outliers)
+
+# %% ../nbs/01_data.ipynb #91499e63
+@patch
+def _truth(self:CorruptedDigits, flipped, src, n0:int, n_dups:int, n_outliers:int):
+    "Tables of the problems put in, by position in the training and validation sets: flipped, duplicates, leaks, outliers"
+    tpos,vpos = {v:i for i,v in enumerate(self.train)},{v:i for i,v in enumerate(self.valid)}
+    where = lambda i: ('train', tpos[i]) if i in tpos else ('valid', vpos[i])
+    nc = len(src)
+    self.flipped = pd.DataFrame([where(i) for i in flipped], columns=['split', 'idx'])
+    self.duplicates = pd.DataFrame([(tpos[a], tpos[n0+k]) for k,a in enumerate(src[:n_dups])], columns=['idx_a', 'idx_b'])
+    self.leaks = pd.DataFrame([(tpos[n0+n_dups+k], vpos[a]) for k,a in enumerate(src[n_dups:])], columns=['train_idx', 'valid_idx'])
+    self.outliers = pd.DataFrame([('train', tpos[n0+nc+k]) for k in range(n_outliers)], columns=['split', 'idx'])
+
+@patch
+def dls(self:CorruptedDigits, size:int=64, bs:int=64, true_labels:bool=False, **kwargs) -> DataLoaders:
+    "The data as `DataLoaders` (see `array_dls`), with the corrupted labels or the true ones"
+    return array_dls(self.imgs, self.true_labels if true_labels else self.labels, self.train, self.valid, size, bs, **kwargs)
+
+@patch
+def __repr__(self:CorruptedDigits):
+    return (f"CorruptedDigits: {len(self.train)} training and {len(self.valid)} validation images; {len(self.flipped)} flipped labels, "
+            f"{len(self.duplicates)} near-duplicates, {len(self.leaks)} leaks, {len(self.outliers)} outliers")
