@@ -42,11 +42,23 @@ class LaggedFlags:
         return hit
     def clear(self): self.pending.clear()
 
+# %% ../nbs/09_guards.ipynb #040643c9
+def _renamed_arg(kwargs:dict, # The call's other keywords, where the former name may be
+                 old:str, new:str, # The former and the new name of the parameter
+                 value, default, # The new parameter's value and its default
+                 where:str): # The callable, for the messages
+    "The value of parameter `new`, taken from its former name `old` with a `DeprecationWarning` where the call used that"
+    if (extra := [k for k in kwargs if k != old]): raise TypeError(f"{where}() got an unexpected keyword argument {extra[0]!r}")
+    if old not in kwargs: return value
+    if value is not default and value != default: raise TypeError(f"{where}() takes `{new}` or its former name `{old}`, not both")
+    warnings.warn(f"{where}({old}=...) is now {where}({new}=...)", DeprecationWarning, stacklevel=3)
+    return kwargs[old]
+
 # %% ../nbs/09_guards.ipynb #678e9a5e
 @dataclass
 class Divergence(LeftOut):
     "What `DivergenceGuard` saw when it stopped a fit"
-    kind:str # 'nan', 'inf', 'exploded' (smoothed training loss), 'buffers' (BatchNorm statistics), 'valid_loss' (with weights not finite) or 'valid_exploded' (above `factor**2` times the run's start)
+    kind:str # 'nan', 'inf', 'exploded' (smoothed training loss), 'buffers' (BatchNorm statistics), 'valid_loss' (with weights not finite) or 'valid_exploded' (above `max_ratio**2` times the run's start)
     loss:float # The value that tripped the guard (NaN for 'buffers')
     ref:float # The fit's reference: the larger of its first smoothed loss and the validation loss it started from
     epoch:int # Epoch of the fit
@@ -101,17 +113,62 @@ def _last_valid_loss(learn:Learner) -> float|None:
     except (TypeError, ValueError): v = math.nan
     return v if math.isfinite(v) else None
 
+# %% ../nbs/09_guards.ipynb #be112988
+def _batch_bad(s:Tensor, # The smoothed loss (0-d, on the device)
+               ref:Tensor, # The fit's reference
+               run_ref:Tensor, # The run's reference (its first fit's), kept across a schedule's phases
+               n:int, # Training batches of this fit so far, this one included
+               warmup:int, max_ratio:float|None) -> Tensor:
+    "Whether batch `n`'s smoothed loss `s` diverged, as a 0-d bool tensor (no GPU synchronisation)"
+    if max_ratio is None: return ~s.isfinite()
+    return ~(s <= ref*(max_ratio**2 if n <= warmup else max_ratio)) | ~(s <= run_ref*max_ratio**2)  # NaN <= x is False
+
+# %% ../nbs/09_guards.ipynb #87598c75
+def _epoch_losses(learn:Learner) -> tuple:
+    "The last epoch's `(train_loss, valid_loss)` from `learn.recorder` (`None` for one it lacks)"
+    rec = getattr(learn, 'recorder', None)
+    vals = dict(zip(rec.metric_names[1:], rec.values[-1])) if getattr(rec, 'values', None) else {}  # none before a fit
+    return tuple(float(vals[k]) if isinstance(vals.get(k), (int,float)) else None for k in ('train_loss', 'valid_loss'))
+
+# %% ../nbs/09_guards.ipynb #bb9ecc0e
+def _epoch_verdict(bad:bool, # The batches' sticky flag
+                   bufs:list, # Buffers that are not finite
+                   wts:list, # Weights that are not finite (looked at only when the validation loss is not)
+                   vl:float|None, # The validation loss
+                   vref:float, # The largest reference: the fit's, the validation loss it started from, the run's
+                   max_ratio:float|None) -> tuple|None:
+    "Why the fit stops at this epoch's end, as `_diverge`'s `(kind, loss, names)`, or `None`"
+    if bad: return ()
+    if bufs: return ('buffers', math.nan, bufs)
+    if wts: return ('valid_loss', vl, wts)
+    if vl is not None and math.isfinite(vl) and max_ratio is not None and vref > 0 and vl > vref*max_ratio**2:  # exploded in eval mode
+        return ('valid_exploded', vl, [f'{vref:.4g}'])
+    return None
+
+# %% ../nbs/09_guards.ipynb #fc9b5114
+def _copy_state(sd:dict, # A model's `state_dict()`
+                into:dict|None=None, # The previous copy, whose memory is reused where it fits
+                device=None) -> dict: # Where a new copy goes (default: each tensor's own device)
+    "A copy of `sd`, made in `into`'s tensors when they match in keys, shapes and dtypes"
+    with torch.no_grad():
+        if into is not None and into.keys() == sd.keys() and all(g.shape == v.shape and g.dtype == v.dtype for g,v in zip(into.values(), sd.values())):
+            for g,v in zip(into.values(), sd.values()): g.copy_(v)
+            return into
+        return {k:v.detach().to(device or v.device, copy=True) for k,v in sd.items()}
+
 # %% ../nbs/09_guards.ipynb #8df71602
 class DivergenceGuard(LeftOut, Callback):
     "Stop a fit whose loss becomes NaN, infinite or explodes, or whose BatchNorm statistics break; load back its best good weights and say what to change"
     order,run_valid = 51,False  # right after `Recorder` (50) smooths the loss; before every checkpointer and tracker
-    def __init__(self, factor:float|None=10., # Stop when the smoothed loss passes `factor` times the fit's reference (`factor**2` in the warm-up); `None`: NaN/inf only
-                 warmup:int=10, # Training batches at the start of each fit in which only a `factor**2` jump counts
+    def __init__(self, max_ratio:float|None=10., # Stop when the smoothed loss passes `max_ratio` times the fit's reference (`max_ratio**2` in the warm-up); `None`: NaN/inf only
+                 warmup:int=10, # Training batches at the start of each fit in which only a `max_ratio**2` jump counts
                  snapshot:bool|str=True, # Keep the fit's best good weights on the model's device; 'cpu': in CPU memory; `False`: keep none
-                 verbose:bool=True): # Report through `learn.logger` (so not inside `learn.no_logging()`)
-        if factor is not None and not factor > 1: raise ValueError(f"factor must be above 1 (or None), got {factor}")
+                 verbose:bool=True, # Report through `learn.logger` (so not inside `learn.no_logging()`)
+                 **kwargs): # `factor`: the former name of `max_ratio` (deprecated: `factor` is ULMFiT's ratio between groups elsewhere)
+        max_ratio = _renamed_arg(kwargs, 'factor', 'max_ratio', max_ratio, 10., 'DivergenceGuard')
+        if max_ratio is not None and not max_ratio > 1: raise ValueError(f"max_ratio must be above 1 (or None), got {max_ratio}")
         if snapshot not in (True, False, 'cpu'): raise ValueError(f"snapshot must be True, False or 'cpu', got {snapshot!r}")
-        store_attr()
+        store_attr('max_ratio,warmup,snapshot,verbose')
         self.flags,self.good,self.good_at,self.notes,self.started = LaggedFlags(),None,'',[],False
 
     def before_fit(self):
@@ -131,16 +188,6 @@ class DivergenceGuard(LeftOut, Callback):
         self.flags.clear()
         if self.snapshot: self._keep('the start of this fit' + (f' (validation loss {self.floor:.4g})' if self.floor is not None else ''))
 
-    def _keep(self, when:str):
-        "Copy the weights and buffers into the snapshot, reusing its memory"
-        sd = self.learn.model.state_dict()
-        with torch.no_grad():
-            if self.good is not None and self.good.keys() == sd.keys() and all(
-                g.shape == v.shape and g.dtype == v.dtype for g,v in zip(self.good.values(), sd.values())):
-                for g,v in zip(self.good.values(), sd.values()): g.copy_(v)
-            else: self.good = {k:v.detach().to('cpu' if self.snapshot == 'cpu' else v.device, copy=True) for k,v in sd.items()}
-        self.good_at = when
-
     def after_batch(self):
         for i,h in enumerate(self.opt.hypers):
             if math.isfinite(h['lr']): self.peak[i] = max(self.peak[i], h['lr'])  # plain floats; a NaN/inf rate is never advice
@@ -150,54 +197,70 @@ class DivergenceGuard(LeftOut, Callback):
         if self.ref is None: self.ref = s if self.floor is None else torch.fmax(s, s.new_tensor(self.floor))  # the fit's start
         if getattr(self, 'run_ref', None) is None: self.run_ref = self.ref  # the run's start, kept across a schedule's phases
         self.n += 1
-        if self.factor is None: bad = ~s.isfinite()
-        else: bad = ~(s <= self.ref*(self.factor**2 if self.n <= self.warmup else self.factor)) | ~(s <= self.run_ref*self.factor**2)  # NaN <= x is False
+        bad = _batch_bad(s, self.ref, self.run_ref, self.n, self.warmup, self.max_ratio)
         self.bad = bad if self.bad is None else self.bad | bad  # sticky: a lagged read still sees every batch
         if self.per_batch and self.flags.push(self.bad): self._diverge(self.iter)
 
     def after_epoch(self):
-        if not self.started: return  # nothing trained: `validate`, `get_preds`
-        self.flags.clear()
-        bad = self.bad is not None and bool(self.bad)  # fastai's `Recorder` has already waited for the GPU at this point
-        rec = getattr(self.learn, 'recorder', None)
-        vals = dict(zip(rec.metric_names[1:], rec.values[-1])) if rec is not None and rec.values else {}
-        tl,vl = (float(vals[k]) if isinstance(vals.get(k), (int,float)) else None for k in ('train_loss', 'valid_loss'))
-        bufs = _nonfinite(self.learn.model)  # BatchNorm's statistics: broken ones leave the training loss finite
-        bad_valid = vl is not None and not math.isfinite(vl)
-        vref = max(float(self.ref) if self.ref is not None else 0., self.floor or 0., float(self.run_ref) if getattr(self, 'run_ref', None) is not None else 0.)
-        up = vl is not None and math.isfinite(vl) and self.factor is not None and vref > 0 and vl > vref*self.factor**2  # exploded in eval mode
-        wts = _nonfinite(self.learn.model, params=True) if bad_valid and not (bad or bufs) else []
-        score = ifnone(vl, tl)
-        stop,score = _agree([bad or bool(bufs) or bool(wts) or up, score if score is not None and math.isfinite(score) else math.inf],
-                            next(self.learn.model.parameters()).device)
-        if stop: self._diverge(None, *(() if bad else ('buffers', math.nan, bufs) if bufs else ('valid_loss', vl, wts) if wts else ('valid_exploded', vl, [f'{vref:.4g}']) if up else ()))
-        if bad_valid:
-            self.notes.append(f"The validation loss is {vl} at the end of epoch {self.epoch}, but the training loss and every weight "
-                              f"and BatchNorm statistic are finite: kept the weights and went on (is the loss infinite on some "
-                              f"validation items?). The guard's snapshot stays at {self.good_at or 'none'}.")
-            self._say(self.notes[-1])
-        elif self.snapshot and score < self.best:
-            self.best = score
-            self._keep(f"the end of epoch {self.epoch} of this fit (its best {'validation' if vl is not None else 'training'} loss so far, {score:.4g})")
+        if self.started: self._check_epoch()  # not when nothing trained: `validate`, `get_preds`
 
     def after_fit(self):
         if self.started: self.good = None  # release the snapshot's memory; `good_at` says what it held
 
-    def _say(self, msg:str):
-        if self.verbose and rank_distrib() == 0: self.learn.logger(msg)  # once, not once per process
+# %% ../nbs/09_guards.ipynb #eb346b57
+@patch(as_prop=True)
+def factor(self:DivergenceGuard) -> float|None:
+    "Deprecated: `max_ratio`"
+    warnings.warn("`DivergenceGuard.factor` is now `max_ratio` (`factor` is ULMFiT's ratio between groups elsewhere)", DeprecationWarning, stacklevel=2)
+    return self.max_ratio
 
-    def _diverge(self, batch:int|None, kind:str|None=None, loss:float=math.nan, names:list=()):
-        "Load back the snapshot, record and report what happened, and end the fit"
-        learn,restored = self.learn,''
-        if self.snapshot and self.good_at:
-            learn.model.load_state_dict(self.good); restored = self.good_at  # weights and statistics (BatchNorm's buffers are in the state dict)
-            if bad := _nonfinite(learn.model, params=True): restored += f", which are not finite either ({', '.join(bad[:3])}): check the data for extreme values"
-        learn.opt.clear_state(); learn.opt.zero_grad()
-        learn.diverged = _divergence(self, batch, kind, loss, list(names), restored)
-        learn.cancel_schedule = True  # a running `Schedule` must not start its next phase
-        self.flags.clear(); self.bad = None
-        self._say(learn.diverged.message)
-        raise CancelFitException()
+@patch
+def _keep(self:DivergenceGuard, when:str):
+    "Copy the weights and buffers into the snapshot, reusing its memory"
+    self.good,self.good_at = _copy_state(self.learn.model.state_dict(), self.good, 'cpu' if self.snapshot == 'cpu' else None),when
+
+# %% ../nbs/09_guards.ipynb #91612f91
+@patch
+def _check_epoch(self:DivergenceGuard):
+    "At an epoch's end: stop on what the batches could not show, note an infinite validation loss, keep a better snapshot"
+    self.flags.clear()
+    bad = self.bad is not None and bool(self.bad)  # fastai's `Recorder` has already waited for the GPU at this point
+    tl,vl = _epoch_losses(self.learn)
+    bufs = _nonfinite(self.learn.model)  # BatchNorm's statistics: broken ones leave the training loss finite
+    bad_valid = vl is not None and not math.isfinite(vl)
+    vref = max(float(self.ref) if self.ref is not None else 0., self.floor or 0., float(self.run_ref) if getattr(self, 'run_ref', None) is not None else 0.)
+    wts = _nonfinite(self.learn.model, params=True) if bad_valid and not (bad or bufs) else []
+    why = _epoch_verdict(bad, bufs, wts, vl, vref, self.max_ratio)
+    score = ifnone(vl, tl)
+    stop,score = _agree([why is not None, score if score is not None and math.isfinite(score) else math.inf], next(self.learn.model.parameters()).device)
+    if stop: self._diverge(None, *(why or ()))
+    if bad_valid:
+        self.notes.append(f"The validation loss is {vl} at the end of epoch {self.epoch}, but the training loss and every weight "
+                          f"and BatchNorm statistic are finite: kept the weights and went on (is the loss infinite on some "
+                          f"validation items?). The guard's snapshot stays at {self.good_at or 'none'}.")
+        self._say(self.notes[-1])
+    elif self.snapshot and score < self.best:
+        self.best = score
+        self._keep(f"the end of epoch {self.epoch} of this fit (its best {'validation' if vl is not None else 'training'} loss so far, {score:.4g})")
+
+# %% ../nbs/09_guards.ipynb #319a42cb
+@patch
+def _say(self:DivergenceGuard, msg:str):
+    if self.verbose and rank_distrib() == 0: self.learn.logger(msg)  # once, not once per process
+
+@patch
+def _diverge(self:DivergenceGuard, batch:int|None, kind:str|None=None, loss:float=math.nan, names:list=()):
+    "Load back the snapshot, record and report what happened, and end the fit"
+    learn,restored = self.learn,''
+    if self.snapshot and self.good_at:
+        learn.model.load_state_dict(self.good); restored = self.good_at  # weights and statistics (BatchNorm's buffers are in the state dict)
+        if bad := _nonfinite(learn.model, params=True): restored += f", which are not finite either ({', '.join(bad[:3])}): check the data for extreme values"
+    learn.opt.clear_state(); learn.opt.zero_grad()
+    learn.diverged = _divergence(self, batch, kind, loss, list(names), restored)
+    learn.cancel_schedule = True  # a running `Schedule` must not start its next phase
+    self.flags.clear(); self.bad = None
+    self._say(learn.diverged.message)
+    raise CancelFitException()
 
 # %% ../nbs/09_guards.ipynb #98ed28de
 def _divergence(guard:DivergenceGuard, batch:int|None, kind:str|None, loss:float, names:list, restored:str) -> Divergence:
@@ -217,12 +280,12 @@ def _divergence(guard:DivergenceGuard, batch:int|None, kind:str|None, loss:float
     sugg = base/10 if isinstance(base, (int,float)) and math.isfinite(base) and base > 0 else None
     odd = [f"{i} {names_g[i]} ({lr})" for i,lr in enumerate(lrs) if lr is not None and not math.isfinite(lr)]
     shown = ', '.join(names[:3]) + (f" and {len(names)-3} more" if len(names) > 3 else '')
-    if kind == 'exploded': what = (f"the smoothed training loss reached {loss:.3g}, more than {guard.factor**k:g}× where this fit "
+    if kind == 'exploded': what = (f"the smoothed training loss reached {loss:.3g}, more than {guard.max_ratio**k:g}× where this fit "
                                    f"started ({ref:.3g}" + (f", in its first {guard.warmup} batches)" if k == 2 else ")"))
     elif kind == 'buffers': what = (f"BatchNorm statistics are not finite ({shown}), which breaks the model in evaluation mode "
                                     "although the training loss looked fine")
     elif kind == 'valid_loss': what = f"the validation loss is {loss} at the end of the epoch, and weights are not finite ({shown})"
-    elif kind == 'valid_exploded': what = (f"the validation loss reached {loss:.3g} at the end of the epoch, more than {guard.factor**2:g}× "
+    elif kind == 'valid_exploded': what = (f"the validation loss reached {loss:.3g} at the end of the epoch, more than {guard.max_ratio**2:g}× "
                                            f"the loss this run started from ({names[0]}), while the training loss looked bounded")
     else: what = f"the smoothed training loss became {'NaN' if kind == 'nan' else 'infinite'}"
     lr_txt = ', '.join(f"{i} {n}: " + (f"{lr:.1e}" if lr is not None else 'frozen') for i,(n,lr) in enumerate(zip(names_g, lrs)))
