@@ -262,6 +262,23 @@ def _diverge(self:DivergenceGuard, batch:int|None, kind:str|None=None, loss:floa
     self._say(learn.diverged.message)
     raise CancelFitException()
 
+# %% ../nbs/09_guards.ipynb #3a330e0b
+def _what_happened(kind:str, # A `Divergence.kind`
+                   loss:float, ref:float, # The loss that tripped the guard, and the fit's reference
+                   ratio:float, # The multiple of `ref` that was passed
+                   warmup:int|None, # The warm-up's batches, when it tripped in them
+                   names:list) -> str: # The tensors (or, for 'valid_exploded', the reference) the message names
+    "What the guard saw, in words"
+    shown = ', '.join(names[:3]) + (f" and {len(names)-3} more" if len(names) > 3 else '')
+    if kind == 'exploded': return (f"the smoothed training loss reached {loss:.3g}, more than {ratio:g}× where this fit "
+                                   f"started ({ref:.3g}" + (f", in its first {warmup} batches)" if warmup else ")"))
+    if kind == 'buffers': return (f"BatchNorm statistics are not finite ({shown}), which breaks the model in evaluation mode "
+                                  "although the training loss looked fine")
+    if kind == 'valid_loss': return f"the validation loss is {loss} at the end of the epoch, and weights are not finite ({shown})"
+    if kind == 'valid_exploded': return (f"the validation loss reached {loss:.3g} at the end of the epoch, more than {ratio:g}× "
+                                         f"the loss this run started from ({names[0]}), while the training loss looked bounded")
+    return f"the smoothed training loss became {'NaN' if kind == 'nan' else 'infinite'}"
+
 # %% ../nbs/09_guards.ipynb #98ed28de
 def _divergence(guard:DivergenceGuard, batch:int|None, kind:str|None, loss:float, names:list, restored:str) -> Divergence:
     "The record of what `guard` saw, with the message that explains it and what to try"
@@ -279,15 +296,8 @@ def _divergence(guard:DivergenceGuard, batch:int|None, kind:str|None, loss:float
     base = learn.ft_log.schedule.phases[ph].lr_max if ph is not None else head
     sugg = base/10 if isinstance(base, (int,float)) and math.isfinite(base) and base > 0 else None
     odd = [f"{i} {names_g[i]} ({lr})" for i,lr in enumerate(lrs) if lr is not None and not math.isfinite(lr)]
-    shown = ', '.join(names[:3]) + (f" and {len(names)-3} more" if len(names) > 3 else '')
-    if kind == 'exploded': what = (f"the smoothed training loss reached {loss:.3g}, more than {guard.max_ratio**k:g}× where this fit "
-                                   f"started ({ref:.3g}" + (f", in its first {guard.warmup} batches)" if k == 2 else ")"))
-    elif kind == 'buffers': what = (f"BatchNorm statistics are not finite ({shown}), which breaks the model in evaluation mode "
-                                    "although the training loss looked fine")
-    elif kind == 'valid_loss': what = f"the validation loss is {loss} at the end of the epoch, and weights are not finite ({shown})"
-    elif kind == 'valid_exploded': what = (f"the validation loss reached {loss:.3g} at the end of the epoch, more than {guard.max_ratio**2:g}× "
-                                           f"the loss this run started from ({names[0]}), while the training loss looked bounded")
-    else: what = f"the smoothed training loss became {'NaN' if kind == 'nan' else 'infinite'}"
+    ratio = None if guard.max_ratio is None else guard.max_ratio**(k if kind == 'exploded' else 2)  # the run's start: always its square
+    what = _what_happened(kind, loss, ref, ratio, guard.warmup if k == 2 else None, names)
     lr_txt = ', '.join(f"{i} {n}: " + (f"{lr:.1e}" if lr is not None else 'frozen') for i,(n,lr) in enumerate(zip(names_g, lrs)))
     where = f"epoch {guard.epoch}" + (f", batch {batch}" if batch is not None else '')
     if odd: todo = f"use finite learning rates (not finite here: {', '.join(odd)})"
