@@ -389,18 +389,20 @@ class PhaseCheckpoints(LeftOut, Callback):
             f = self.ck.dir.path/f'phase{self.phase}_best.pth'
             load_weights(self.learn, read_checkpoint(f), f"The best checkpoint of phase {self.phase} ({f})")
 
-    def _end_replay(self):
-        "Give the recorders and the random generators the state they had when the run was saved"
-        st,l,r = self.state,self.learn,self.recorder
-        rec = st['recorder']
-        r.values,r.lrs,r.iters = [L(v) for v in rec['values']],rec['lrs'].tolist(),list(rec['iters'])
-        r.losses = list(rec['losses'].unbind()) if len(rec['losses']) else []
-        r.smooth_loss.count,r.smooth_loss.val = rec['smooth'][0],rec['smooth'][1]
-        l.train_iter = rec['train_iter']
-        if rec['group_hist'] is not None and hasattr(l, 'group_recorder'): l.group_recorder.hist = rec['group_hist'].tolist()
-        if rec['scaler'] is not None and getattr(l, 'scaler', None) is not None: l.scaler.load_state_dict(rec['scaler'])
-        set_rng_state(st['rng'], l.dls)
-        self.in_replay = l.replaying = False
+# %% ../nbs/08_checkpoints.ipynb #3d71b332
+@patch
+def _end_replay(self:PhaseCheckpoints):
+    "Give the recorders and the random generators the state they had when the run was saved"
+    st,l,r = self.state,self.learn,self.recorder
+    rec = st['recorder']
+    r.values,r.lrs,r.iters = [L(v) for v in rec['values']],rec['lrs'].tolist(),list(rec['iters'])
+    r.losses = list(rec['losses'].unbind()) if len(rec['losses']) else []
+    r.smooth_loss.count,r.smooth_loss.val = rec['smooth'][0],rec['smooth'][1]
+    l.train_iter = rec['train_iter']
+    if rec['group_hist'] is not None and hasattr(l, 'group_recorder'): l.group_recorder.hist = rec['group_hist'].tolist()
+    if rec['scaler'] is not None and getattr(l, 'scaler', None) is not None: l.scaler.load_state_dict(rec['scaler'])
+    set_rng_state(st['rng'], l.dls)
+    self.in_replay = l.replaying = False
 
 # %% ../nbs/08_checkpoints.ipynb #90c9f998
 @patch
