@@ -272,9 +272,10 @@ class _Shortcut:
         model.forward = forward
     def remove(self): self.model.__dict__.pop('forward', None)
 
-# %% ../nbs/06_cache.ipynb #9ed7aebb
+# %% ../nbs/06_cache.ipynb #9d456595
 def _human(n): return next(f"{n/k:.1f} {u}" for k,u in ((2**30,'GiB'),(2**20,'MiB'),(2**10,'KiB'),(1,'B')) if n >= k or u == 'B')
 
+# %% ../nbs/06_cache.ipynb #9ed7aebb
 class FeatureCache(LeftOut, Callback):
     "Train on cached activations of the frozen prefix where that gives the same result as the normal path"
     order = 50  # after `TrainEvalCallback` and `BnFreeze` set modes, before `ProgressCallback` reads `learn.dl`
@@ -315,23 +316,32 @@ class FeatureCache(LeftOut, Callback):
         if self.shortcut is not None: self.shortcut.remove(); self.shortcut = None
         self.active = False
 
-    def _off(self, reason):
-        if self.key is not None: self.clear()  # what was cached no longer applies: drop it
-        self.reason,self.active = reason,False
-    def _key(self, n):
-        "What the cache of the first `n` stages depends on: their tensors and versions, the data, the precision"
-        mp = first(cb for cb in self.cbs if isinstance(cb, MixedPrecision))
-        return (n, self.split.version, id(self.dls.train.dataset), id(self.dls.valid.dataset), self.dls.train.n,
-                getattr(mp, 'amp_mode', None), tuple((t.data_ptr(), t._version) for t in self.split.prefix_tensors(n)))
-    def _build(self, n) -> bool:
-        self.clear(); prefix = nn.Sequential(*self.split.stages[:n])
-        nbytes = _nbytes(prefix, self.dls, _autocast(self.learn))
-        if nbytes > self.max_memory + self.max_disk: return self._off(f"the activations would take {_human(nbytes)}")
-        if self.verbose: print(f"FeatureCache: computing the frozen prefix ({n} of {len(self.split.stages)} stages) once for "
-                               f"{self.dls.train.n}+{self.dls.valid.n} items: {_human(nbytes)}")
-        self.cached = _Activations(prefix, self.dls, nbytes > self.max_memory, partial(_autocast, self.learn))
-        self.key,self.n,self.builds = self._key(n),n,self.builds+1
-        return True
+# %% ../nbs/06_cache.ipynb #7c27eb50
+@patch
+def _off(self:FeatureCache, reason):
+    "Stand aside for this epoch, saying why (and drop what was cached)"
+    if self.key is not None: self.clear()  # what was cached no longer applies: drop it
+    self.reason,self.active = reason,False
+
+@patch
+def _key(self:FeatureCache, n):
+    "What the cache of the first `n` stages depends on: their tensors and versions, the data, the precision"
+    mp = first(cb for cb in self.cbs if isinstance(cb, MixedPrecision))
+    return (n, self.split.version, id(self.dls.train.dataset), id(self.dls.valid.dataset), self.dls.train.n,
+            getattr(mp, 'amp_mode', None), tuple((t.data_ptr(), t._version) for t in self.split.prefix_tensors(n)))
+
+# %% ../nbs/06_cache.ipynb #ce612e22
+@patch
+def _build(self:FeatureCache, n) -> bool:
+    "Compute and keep the activations of the first `n` stages, or stand aside if they would not fit"
+    self.clear(); prefix = nn.Sequential(*self.split.stages[:n])
+    nbytes = _nbytes(prefix, self.dls, _autocast(self.learn))
+    if nbytes > self.max_memory + self.max_disk: return self._off(f"the activations would take {_human(nbytes)}")
+    if self.verbose: print(f"FeatureCache: computing the frozen prefix ({n} of {len(self.split.stages)} stages) once for "
+                           f"{self.dls.train.n}+{self.dls.valid.n} items: {_human(nbytes)}")
+    self.cached = _Activations(prefix, self.dls, nbytes > self.max_memory, partial(_autocast, self.learn))
+    self.key,self.n,self.builds = self._key(n),n,self.builds+1
+    return True
 
 # %% ../nbs/06_cache.ipynb #b33d50e7
 @patch
