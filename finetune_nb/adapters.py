@@ -79,12 +79,14 @@ def _state_copies(learn:Learner) -> int:
     name = getattr(f, '__name__', '').lower()
     return 1 if name in ('sgd', 'rmsprop') else 2
 
+# %% ../nbs/09a_adapters.ipynb #f815b684
 def _adapter_spec(m:nn.Module) -> dict:
     "The LoRA options of PEFT's adapted layer `m`"
     a = 'default'
     d = m.lora_dropout[a]
     return dict(policy='lora', r=m.r[a], alpha=m.lora_alpha[a], dropout=float(d.p) if isinstance(d, nn.Dropout) else 0.0, dora=bool(m.use_dora[a]))
 
+# %% ../nbs/09a_adapters.ipynb #3dd596ac
 def _check_layers(learn:Learner, specs:list, layers:list, options:bool=True):
     "Refuse, naming the group and the layer, a 'lora' group with a layer LoRA cannot adapt, or (`options`) whose adapters have other options"
     names = list(learn.group_names)
@@ -102,6 +104,7 @@ def _check_layers(learn:Learner, specs:list, layers:list, options:bool=True):
         if s['r'] > (top := max(map(max_rank, ok))):
             raise ValueError(f"{where} its rank r={s['r']} is above the rank of every layer it adapts (at most {top}, min(inputs, outputs)): choose r <= {top}")
 
+# %% ../nbs/09a_adapters.ipynb #68897f06
 def policy_table(learn:Learner, policies:list) -> pd.DataFrame:
     "What will train under `policies` (one per group), before anything changes: per group its policy, layers adapted, trainable weights and their memory with gradients and optimiser state"
     specs = [policy_spec(p, f"Group {i}") for i,p in enumerate(policies)]
@@ -145,6 +148,7 @@ class ParamsByName:
     def __copy__(self): return ParamsByName(self.names)
     def __deepcopy__(self, memo): return ParamsByName([list(g) for g in self.names])
 
+# %% ../nbs/09a_adapters.ipynb #53b32267
 def _inject(model:nn.Module, names:list, s:dict):
     "Give the layers `names` of `model` LoRA adapters with options `s`, leaving every other parameter's `requires_grad` as it was"
     peft = _peft()
@@ -157,6 +161,7 @@ def _inject(model:nn.Module, names:list, s:dict):
     if hasattr(model, 'peft_config'): del model.peft_config  # each layer keeps its own options; the last config would only mislead
     for p in model.parameters(): p.requires_grad_(flags.get(id(p), True))  # PEFT froze every other weight of the model
 
+# %% ../nbs/09a_adapters.ipynb #ba06adf1
 def _remove(model:nn.Module, name:str, merge:bool):
     "Put back the base layer of the adapted layer `name`, the adapters folded into its weights if `merge`"
     m = model.get_submodule(name)
@@ -164,6 +169,22 @@ def _remove(model:nn.Module, name:str, merge:bool):
     parent,_,attr = name.rpartition('.')
     setattr(model.get_submodule(parent) if parent else model, attr, m.get_base_layer())
 
+# %% ../nbs/09a_adapters.ipynb #36e665ad
+def _regroup(learn:Learner, own:dict, g_of:dict, old):
+    "A splitter and optimiser for `learn`'s new parameters: each old one in its old group, each adapter in its layer's; state and hypers kept"
+    model = bare_model(learn.model)
+    def group(n, p): return own[id(p)] if id(p) in own else g_of.get(n.split('.lora_')[0]) if is_adapter(n) else None
+    names = [[] for _ in old.param_lists]
+    for n,p in model.named_parameters():
+        if (i := group(n, p)) is not None: names[i].append(n)
+    learn.splitter = ParamsByName(names)
+    learn.create_opt()
+    for p in learn.opt.all_params(with_grad=False).itemgot(0):
+        if p in old.state: learn.opt.state[p] = old.state[p]
+    learn.opt.hypers = L(dict(h) for h in old.hypers)
+    learn.opt.frozen_idx = getattr(old, 'frozen_idx', 0)
+
+# %% ../nbs/09a_adapters.ipynb #ce67e104
 def set_adapters(learn:Learner, layout:dict, # Adapter options of each layer that should have adapters, by name
                  merge:bool=True): # Fold the adapters of the other layers into their weights (else drop them)
     "Give exactly the layers in `layout` adapters, keeping the groups, the learning rates and the optimiser state of every parameter that stays"
@@ -180,16 +201,7 @@ def set_adapters(learn:Learner, layout:dict, # Adapter options of each layer tha
     for n,s in layout.items():
         if have.get(n) != s: todo[tuple(s.items())].append(n)
     for s,ns in todo.items(): _inject(model, ns, dict(s))
-    def group(n, p): return own[id(p)] if id(p) in own else g_of.get(n.split('.lora_')[0]) if is_adapter(n) else None
-    names = [[] for _ in old.param_lists]
-    for n,p in model.named_parameters():
-        if (i := group(n, p)) is not None: names[i].append(n)
-    learn.splitter = ParamsByName(names)
-    learn.create_opt()
-    for p in learn.opt.all_params(with_grad=False).itemgot(0):
-        if p in old.state: learn.opt.state[p] = old.state[p]
-    learn.opt.hypers = L(dict(h) for h in old.hypers)
-    learn.opt.frozen_idx = getattr(old, 'frozen_idx', 0)
+    _regroup(learn, own, g_of, old)
 
 # %% ../nbs/09a_adapters.ipynb #98952f08
 def _layout(learn:Learner, specs:list, layers:list) -> dict:
