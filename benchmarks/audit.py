@@ -34,7 +34,9 @@ import numpy as np, pandas as pd, torch
 from fastai.vision.all import *
 from finetune_nb.models import efficientnet_lite0
 from finetune_nb.groups import auto_splitter
-from finetune_nb.audit import CorruptedDigits, audit_data, apply_fixes
+from finetune_nb.data import CorruptedDigits
+from finetune_nb.audit import audit_data
+from finetune_nb.fixes import apply_fixes
 
 def truth_sets(cd):
     return dict(flipped=set(zip(cd.flipped.split, cd.flipped.idx)), outliers=set(zip(cd.outliers.split, cd.outliers.idx)),
@@ -62,7 +64,7 @@ def run_audit(cd, size, seed):
     res.update(dup_recall=len(dups & tr['dups'])/len(tr['dups']), dup_found=len(dups),
                leak_recall=len(leaks & tr['leaks'])/len(tr['leaks']), leak_found=len(leaks),
                outlier_recall=len(outs & tr['outliers'])/len(tr['outliers']), outlier_found=len(outs),
-               seconds=secs, cpu_seconds=cpu, units=' '.join(audit.units), **{f's_{k}': v for k,v in audit.seconds.items()})
+               seconds=secs, cpu_seconds=cpu, groups=' '.join(audit.groups), **{f's_{k}': v for k,v in audit.seconds.items()})
     return res, audit
 
 def run_anchor(cd, size, seed):

