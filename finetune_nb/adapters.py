@@ -39,6 +39,7 @@ def _layers(model:nn.Module) -> list:
         if next(m.parameters(recurse=False), None) is not None: res.append((n, m, m))
     return res
 
+# %% ../nbs/09a_adapters.ipynb #2be9f5c9
 def _owner(learn:Learner) -> dict:
     "Group index of every parameter of the optimiser, by id"
     return {id(p):i for i,pl in enumerate(learn.opt.param_lists) for p in pl}
@@ -66,6 +67,7 @@ def lora_params(b:nn.Module, r:int, dora:bool=False) -> int:
     if isinstance(b, nn.Linear): return r*(b.in_features + b.out_features) + (b.out_features if dora else 0)
     return r*b.in_channels*math.prod(b.kernel_size) + b.out_channels*r + (b.out_channels if dora else 0)
 
+# %% ../nbs/09a_adapters.ipynb #96c2738c
 def max_rank(b:nn.Module) -> int:
     "The rank of the weight matrix of the layer `b`, min(inputs, outputs): LoRA gains nothing from a higher rank"
     if isinstance(b, nn.Embedding): return min(b.num_embeddings, b.embedding_dim)
@@ -234,6 +236,7 @@ def apply_policy(self:Learner, policies:list, # One per group: 'frozen', 'lora',
     check_plan(self, plan)
     return plan
 
+# %% ../nbs/09a_adapters.ipynb #df3efe90
 def check_plan(learn:Learner, plan:pd.DataFrame):
     "Raise if any group of `learn` trains another number of weights than `plan` (from `policy_table`) says"
     for i,pl in enumerate(learn.opt.param_lists):
@@ -273,6 +276,7 @@ def schedule_layout(learn:Learner, schedule:Schedule, phase:int|None) -> dict:
                 elif s['policy'] == 'full': res.pop(n, None)
     return res
 
+# %% ../nbs/09a_adapters.ipynb #0aeffc24
 def plan_schedule(learn:Learner, schedule:Schedule) -> list:
     "Check every phase's policies against `learn`'s layers before any work; the groups' policies of each phase"
     names,layers,res = list(learn.group_names),group_layers(learn),[]
@@ -312,6 +316,7 @@ def restore_adapted(self:Learner, which:int|str='best', kind:str|None=None, ckpt
     adapt_to_checkpoint(self, which, kind, ckpt_dir)
     return self.restore(which, kind, ckpt_dir)
 
+# %% ../nbs/09a_adapters.ipynb #d2662f13
 def adapt_for_resume(learn:Learner, schedule:Schedule, ckpt_dir:str|Path|None=None):
     "Before `resume=True` loads a run's state: give `learn` the adapters the run had when it was saved (`kill -9` included)"
     f = Path(ckpt_dir or default_ckpt_dir(learn))/'resume.pth'

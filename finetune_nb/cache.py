@@ -27,6 +27,7 @@ def _own_tensors(m:nn.Module) -> list[str]:
     "Names of the parameters and buffers `m` holds itself, not through a child"
     return [n for n,t in [*m._parameters.items(), *m._buffers.items()] if t is not None]
 
+# %% ../nbs/06_cache.ipynb #a12a050e
 def _compose(mods, x):
     for m in mods: x = m(x)
     return x
@@ -34,6 +35,7 @@ def _compose(mods, x):
 def _same(a, b):
     return isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5)
 
+# %% ../nbs/06_cache.ipynb #c1fb2784
 class _Method(nn.Module):
     "A stage that calls `model.<method>`, whose children are the modules that method uses"
     def __init__(self, model, method, kids):
@@ -125,6 +127,7 @@ def _random(f):
     if isinstance(f, Resize): return f.method != ResizeMethod.Squish  # crops and pads pick a random spot in training
     return isinstance(f, RandTransform) or getattr(f, 'split_idx', None) == 0
 
+# %% ../nbs/06_cache.ipynb #5f931b8c
 def augmentations(dl) -> list:
     "The transforms of `dl` that are random or applied to training data only"
     return [f for f in _tfms(dl) if _random(f)]
@@ -173,6 +176,7 @@ def _sample(dls) -> Tensor:
         dl = dls.valid if len(dls.valid.dataset) else dls.train
         return dl.new(shuffle=False, drop_last=False, bs=2).one_batch()[0]
 
+# %% ../nbs/06_cache.ipynb #b5bbca2f
 class _Stages:
     "A model's stages: found again when its parameters or buffers are other tensors, or when they no longer compute it"
     def __init__(self): self.ids,self.stages,self.problem,self.version,self.tensors = None,[],None,0,{}
@@ -197,6 +201,7 @@ def _group_of(learn):
     if learn.opt is None: learn.create_opt()
     return {id(p):i for i,ps in enumerate(learn.opt.param_lists) for p in ps}
 
+# %% ../nbs/06_cache.ipynb #fa6c5ea8
 def _whole_groups(learn, stages, n):
     "The largest `k <= n` such that the first `k` stages hold whole layer groups (at least one)"
     g = _group_of(learn)
@@ -211,6 +216,7 @@ def _unsplit(s) -> str:
     if (own := _own_tensors(s)): return f"`{type(s).__name__}` uses {', '.join(f'`{o}`' for o in own)} of its own in its forward"
     return f"the children of `{type(s).__name__}`, run in order, do not compute its forward"
 
+# %% ../nbs/06_cache.ipynb #24d554a8
 def frozen_prefix(learn:Learner, stages:list[nn.Module]) -> tuple:
     "How many leading `stages` of `learn.model` to cache (whole frozen layer groups), and why none when that is 0"
     if (n := _whole_groups(learn, stages, frozen_stages(stages))): return n, None
@@ -232,6 +238,7 @@ def _store(shape, dtype, on_disk:bool):
     f = tempfile.NamedTemporaryFile(prefix='finetune_nb_cache', suffix='.bin')
     return torch.from_file(f.name, shared=True, size=math.prod(shape), dtype=dtype).view(shape), f
 
+# %% ../nbs/06_cache.ipynb #466c1010
 def cache_activations(prefix:nn.Module, # The frozen stages
                       dl:DataLoader, # The items, with their targets
                       on_disk:bool=False, # Keep the activations in a temporary file instead of memory

@@ -61,6 +61,7 @@ def _new_cell(info=None):
     "Called by IPython before each cell"
     _ext.cell += 1
 
+# %% ../nbs/14_extension.ipynb #cec2be8a
 def _panel_for(learn:Learner) -> LivePanel:
     "The automatic `LivePanel` of `learn` in this cell"
     cell,panel = _panels.get(learn, (None, None))
@@ -84,6 +85,7 @@ def _attach(learn:Learner):
     finetune_callbacks(learn)
     _attached[learn] = [c for c in learn.cbs if id(c) not in before]
 
+# %% ../nbs/14_extension.ipynb #33e50f75
 def _detach_all():
     "Take out of each learner the callbacks `_attach` gave it"
     for learn,cbs in list(_attached.items()): learn.remove_cbs(cbs)
