@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch
 from fastai.basics import Learner, CrossEntropyLossFlat, accuracy, set_seed
 from finetune_nb.groups import auto_splitter
-from finetune_nb.update import DigitCNN, digits_stream, update_schedule
+from finetune_nb.test_utils import DigitCNN, digits_stream
+from finetune_nb.update import update_schedule
 from finetune_nb.guards import DivergenceGuard
 import finetune_nb.update  # Learner.update
 warnings.filterwarnings('ignore')

@@ -3,7 +3,7 @@ and every version holds the weights its id names."""
 import json, os, subprocess, sys, textwrap, time
 from pathlib import Path
 import torch
-from finetune_nb.update import ModelRegistry, weights_fingerprint
+from finetune_nb.registry import ModelRegistry, weights_fingerprint
 
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
 N_PROCS,N_COMMITS = 3,3
@@ -12,7 +12,7 @@ SCRIPT = textwrap.dedent("""
     import json, sys, time, torch
     from pathlib import Path
     torch.set_num_threads(1)
-    from finetune_nb.update import ModelRegistry, weights_fingerprint
+    from finetune_nb.registry import ModelRegistry, weights_fingerprint
     reg_dir,me,n,go = Path(sys.argv[1]),int(sys.argv[2]),int(sys.argv[3]),Path(sys.argv[4])
     model,got = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)),[]
     reg = ModelRegistry(reg_dir)  # opened before the others write: each commit must read the index again

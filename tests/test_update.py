@@ -6,7 +6,9 @@ import pytest, torch
 torch.set_num_threads(1)
 from fastai.basics import Learner, Callback, CrossEntropyLossFlat, accuracy, set_seed
 from finetune_nb.groups import auto_splitter
-from finetune_nb.update import DigitCNN, ModelRegistry, RegistryError, UpdateGate, digits_stream
+from finetune_nb.test_utils import DigitCNN, digits_stream
+from finetune_nb.registry import ModelRegistry, RegistryError
+from finetune_nb.update import UpdateGate
 
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
 TIMEOUT = 600
@@ -41,6 +43,7 @@ SCRIPT = textwrap.dedent("""
     torch.set_num_threads(1)
     from fastai.basics import *
     from finetune_nb.groups import auto_splitter
+    from finetune_nb.test_utils import *
     from finetune_nb.update import *
     reg_dir,mode = Path(sys.argv[1]),sys.argv[2]
     d = reg_dir.parent
