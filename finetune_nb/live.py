@@ -316,10 +316,10 @@ def _finish(self:LivePanel):
     st = self.state
     self._draw(force=True)
     self._say(st.end_line())
+    if not (st.stopped or st.diverged or not _more_phases(self.learn)): return  # more phases of the schedule follow
     png = self.png if self.png is not None else (None if self.use_widgets else 'live_panel.png')
-    if png and (st.stopped or st.diverged or not _more_phases(self.learn)):
-        self._say(f"Saved the live panel's charts to {self.save_png(png).resolve()}", always=True)
-    if self.view is not None: self.view.show_text()   # the text a notebook keeps where no widget shows
+    if png: self._say(f"Saved the live panel's charts to {self.save_png(png).resolve()}", always=True)
+    if self.view is not None: self.view.show_text()   # the text a notebook keeps where no widget shows (redraws the widget: once a run)
 
 # %% ../nbs/12c_live.ipynb #752104b0
 @patch
