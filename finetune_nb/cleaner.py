@@ -126,7 +126,7 @@ def undo(self:CleanerState, split:str, idx:int):
     self.decisions.pop((split, int(idx)), None)
     self.save()
 
-# %% ../nbs/17a_cleaner.ipynb #89959886
+# %% ../nbs/17a_cleaner.ipynb #b260d4f5
 @patch
 def visible(self:CleanerState) -> pd.DataFrame:
     "The flagged items that pass the filters, with their decision ('' where there is none)"
@@ -137,14 +137,17 @@ def visible(self:CleanerState) -> pd.DataFrame:
     it['decision'] = [self._decision_text((s, i)) for s,i in zip(it.split, it.idx)]
     return it.reset_index(drop=True)
 
+# %% ../nbs/17a_cleaner.ipynb #a76ba613
 @patch
 def _decision_text(self:CleanerState, key) -> str:
     d = self.decisions.get(key)
     return '' if d is None else f"relabel → {d['label']}" if d['action'] == 'relabel' else d['action']
 
+# %% ../nbs/17a_cleaner.ipynb #c5e1df2e
 @patch(as_prop=True)
 def n_pages(self:CleanerState) -> int: return max(1, math.ceil(len(self.visible())/self.page_size))
 
+# %% ../nbs/17a_cleaner.ipynb #dd61a344
 @patch
 def set_filter(self:CleanerState, kind:str='all', cls:str='all'):
     "Show only items with a finding of `kind` and given class `cls` ('all': no filter); back to the first page"
@@ -152,11 +155,13 @@ def set_filter(self:CleanerState, kind:str='all', cls:str='all'):
     if cls != 'all' and cls not in self.vocab: raise ValueError(f"Unknown class {cls!r}: the classes are {', '.join(self.vocab)}")
     self.kind,self.cls,self.page = kind,cls,0
 
+# %% ../nbs/17a_cleaner.ipynb #fcf4f24d
 @patch
 def go(self:CleanerState, page:int):
     "Go to `page` (clipped to the pages there are)"
     self.page = min(max(0, page), self.n_pages-1)
 
+# %% ../nbs/17a_cleaner.ipynb #29478704
 @patch
 def shown(self:CleanerState) -> pd.DataFrame:
     "The items of the current page"
@@ -208,7 +213,7 @@ class DataCleaner:
         self.widget.add_class('finetune-cleaner')
         self._draw()
 
-# %% ../nbs/17a_cleaner.ipynb #5b6f5eb7
+# %% ../nbs/17a_cleaner.ipynb #bd91b982
 @patch
 def _row(self:DataCleaner, r) -> object:
     "The widgets of one flagged item"
@@ -229,6 +234,7 @@ def _row(self:DataCleaner, r) -> object:
     self._show_decision(box)
     return box
 
+# %% ../nbs/17a_cleaner.ipynb #5aec4d8b
 @patch
 def _show_decision(self:DataCleaner, box):
     "Highlight the button of the item's decision and say it"
@@ -244,7 +250,6 @@ def _decide(self:DataCleaner, box, action:str):
     self._show_decision(box)
     self._info()
 
-# %% ../nbs/17a_cleaner.ipynb #21876cce
 @patch
 def _info(self:DataCleaner):
     st = self.state
@@ -259,6 +264,7 @@ def _draw(self:DataCleaner):
     self.rows_box.children = self.rows
     self._info()
 
+# %% ../nbs/17a_cleaner.ipynb #53c8008e
 @patch
 def _filter(self:DataCleaner, change=None):
     self.state.set_filter(self.kind.value, self.cls.value)
