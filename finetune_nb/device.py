@@ -10,6 +10,25 @@ from fastai.basics import *
 # %% auto #0
 __all__ = ['DeviceMonitor', 'device_line']
 
+# %% ../nbs/12a_device.ipynb #9e981f2c
+def _cpu_reading() -> dict:
+    "The CPUs' load and the RAM in use"
+    import psutil
+    vm = psutil.virtual_memory()
+    return dict(device='cpu', cpu_percent=psutil.cpu_percent(), cpus=psutil.cpu_count(), ram_used=vm.total-vm.available, ram_total=vm.total)
+
+# %% ../nbs/12a_device.ipynb #99dcf557
+def _cuda_reading(device:torch.device, nvml=None) -> dict:
+    "PyTorch's memory on GPU `device`; with `nvml` (a pynvml handle) also its utilisation, memory, temperature and power"
+    d = dict(device=torch.cuda.get_device_name(device), torch_allocated=torch.cuda.memory_allocated(device),
+             torch_reserved=torch.cuda.memory_reserved(device), torch_peak=torch.cuda.max_memory_allocated(device))
+    if nvml is not None:
+        import pynvml
+        u,m = pynvml.nvmlDeviceGetUtilizationRates(nvml),pynvml.nvmlDeviceGetMemoryInfo(nvml)
+        d.update(gpu_util=u.gpu, mem_used=m.used, mem_total=m.total,
+                 temperature=pynvml.nvmlDeviceGetTemperature(nvml, pynvml.NVML_TEMPERATURE_GPU), power_w=pynvml.nvmlDeviceGetPowerUsage(nvml)/1000)
+    return d
+
 # %% ../nbs/12a_device.ipynb #cf9b5aba
 class DeviceMonitor:
     "Read the device's load about every `interval` seconds in a background thread"
@@ -23,19 +42,7 @@ class DeviceMonitor:
             except Exception: self.nvml = None
     def read(self) -> dict:
         "One reading of the device"
-        if self.device.type == 'cuda':
-            d = dict(device=torch.cuda.get_device_name(self.device), torch_allocated=torch.cuda.memory_allocated(self.device),
-                     torch_reserved=torch.cuda.memory_reserved(self.device), torch_peak=torch.cuda.max_memory_allocated(self.device))
-            if self.nvml is not None:
-                import pynvml
-                u,m = pynvml.nvmlDeviceGetUtilizationRates(self.nvml),pynvml.nvmlDeviceGetMemoryInfo(self.nvml)
-                d.update(gpu_util=u.gpu, mem_used=m.used, mem_total=m.total,
-                         temperature=pynvml.nvmlDeviceGetTemperature(self.nvml, pynvml.NVML_TEMPERATURE_GPU),
-                         power_w=pynvml.nvmlDeviceGetPowerUsage(self.nvml)/1000)
-            return d
-        import psutil
-        vm = psutil.virtual_memory()
-        return dict(device='cpu', cpu_percent=psutil.cpu_percent(), cpus=psutil.cpu_count(), ram_used=vm.total-vm.available, ram_total=vm.total)
+        return _cuda_reading(self.device, self.nvml) if self.device.type == 'cuda' else _cpu_reading()
     def _loop(self):
         while not self._stop.is_set():
             try: self.latest = self.read()

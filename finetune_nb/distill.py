@@ -43,6 +43,22 @@ def _check_logits(student:nn.Module, xb:tuple, t:Tensor):
     if t.shape[-1] != s.shape[-1]: raise ValueError(f"The teacher gives {t.shape[-1]} outputs per item but the student has {s.shape[-1]} classes; they must predict the same classes")
 
 
+# %% ../nbs/13_distill.ipynb #61c94143
+def _teacher_model(teacher) -> nn.Module:
+    "The teacher's model, from a `Learner` or an `nn.Module`"
+    if isinstance(teacher, Learner): teacher = teacher.model
+    if not isinstance(teacher, nn.Module): raise TypeError(f"teacher must be a fastai Learner or a torch nn.Module, got {type(teacher).__name__}")
+    return teacher
+
+def _checked_T(T) -> float:
+    if not T > 0: raise ValueError(f"T (the temperature) must be positive, got {T}")
+    return float(T)
+
+# %% ../nbs/13_distill.ipynb #3d3e733e
+def _checked_alpha(alpha) -> float:
+    if not 0 <= alpha <= 1: raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
+    return float(alpha)
+
 # %% ../nbs/13_distill.ipynb #d466db5f
 class DistillationCallback(LeftOut, Callback):
     "Train the student on a teacher's softened predictions as well as the labels (Hinton et al., 2015)"
@@ -51,11 +67,7 @@ class DistillationCallback(LeftOut, Callback):
                  T:float=4., # Temperature that softens both distributions
                  alpha:float=0.5, # Weight of the soft (teacher) term; 1-alpha weighs the learner's own loss
                  teacher_input:Callable|None=None): # Maps the student's inputs to the teacher's (other normalisation, size)
-        if isinstance(teacher, Learner): teacher = teacher.model
-        if not isinstance(teacher, nn.Module): raise TypeError(f"teacher must be a fastai Learner or a torch nn.Module, got {type(teacher).__name__}")
-        if not T > 0: raise ValueError(f"T (the temperature) must be positive, got {T}")
-        if not 0 <= alpha <= 1: raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
-        self.teacher,self.T,self.alpha,self.teacher_input = teacher,float(T),float(alpha),teacher_input
+        self.teacher,self.T,self.alpha,self.teacher_input = _teacher_model(teacher),_checked_T(T),_checked_alpha(alpha),teacher_input
 
     def before_fit(self):
         if self.teacher is self.learn.model: raise ValueError("The teacher is the student's own model: pass a separately trained teacher")
@@ -78,7 +90,6 @@ class DistillationCallback(LeftOut, Callback):
         self.learn.loss_grad = self.alpha*soft + (1-self.alpha)*self.learn.loss_grad
         self.learn.loss = self.learn.loss_grad.clone()
         self.soft_loss = soft.detach()
-
 
 # %% ../nbs/13_distill.ipynb #fba6a3fa
 def small_cnn(n_out:int, # Number of classes
