@@ -89,13 +89,14 @@ def _merge(units:list, n:int) -> list:
     "Merge neighbouring `units` into `n` contiguous groups of nearly equal numbers of units"
     return [sum((units[i] for i in idx), []) for idx in np.array_split(np.arange(len(units)), n)]
 
-# %% ../nbs/02_groups.ipynb #5277f93b
+# %% ../nbs/02_groups.ipynb #449cb0ba
 def _tensors(o) -> list:
     "Every tensor in a model output: a tensor, or tuples, lists and dicts of them"
     if isinstance(o, Tensor): return [o]
     if isinstance(o, dict): o = list(o.values())
     return [t for e in o for t in _tensors(e)] if isinstance(o, (list, tuple)) else []
 
+# %% ../nbs/02_groups.ipynb #11d03653
 def _sample(x, model:nn.Module) -> tuple:
     "Two samples of the inputs `x` (a tensor, a tuple of them, or a fastai `DataLoader(s)`), on `model`'s device"
     if isinstance(x, DataLoaders): x = x.valid if len(x.valid) else x.train
@@ -103,6 +104,7 @@ def _sample(x, model:nn.Module) -> tuple:
     x = tuplify(x)
     return tuple(to_device(o[:2] if isinstance(o, Tensor) else o, next(model.parameters()).device) for o in x)
 
+# %% ../nbs/02_groups.ipynb #498b80bd
 def _unused_params(model:nn.Module, x) -> set:
     "Ids of the parameters of `model` that a forward pass on the sample input `x` does not use"
     ran,params = set(),list(model.parameters())
@@ -276,17 +278,19 @@ def user_frozen(self:Learner) -> L:
     ids = _note_user_frozen(self)
     return L(n for n,p in self.model.named_parameters() if id(p) in ids)
 
-# %% ../nbs/02_groups.ipynb #efbef094
+# %% ../nbs/02_groups.ipynb #581a6601
 def _shared(model:nn.Module) -> dict:
     "Names of each parameter of `model` that several modules hold (tied weights), by id"
     names = defaultdict(list)
     for n,p in model.named_parameters(remove_duplicate=False): names[id(p)].append(n)
     return {i:ns for i,ns in names.items() if len(ns) > 1}
 
+# %% ../nbs/02_groups.ipynb #2d3ee446
 def is_adapter(name:str) -> bool:
     "Whether the parameter called `name` is a LoRA/DoRA adapter weight (PEFT names them `lora_*`)"
     return '.lora_' in f'.{name}'
 
+# %% ../nbs/02_groups.ipynb #54fdf177
 def _group_policy(learn:Learner, i:int, names:dict) -> str:
     "How group `i` trains now: 'frozen', 'full', or 'lora r=R' (+' dora'): its adapters (09a_adapters) train and its other weights, norm layers aside, do not"
     st = learn.opt.state
@@ -297,6 +301,7 @@ def _group_policy(learn:Learner, i:int, names:dict) -> str:
     r = next((p.shape[0] for n,p in ad if '.lora_A.' in n or '.lora_embedding_A.' in n), None)
     return ('lora+full' if base else 'lora') + (f' r={r}' if r else '') + (' dora' if any('lora_magnitude_vector' in n for n,_ in ad) else '')
 
+# %% ../nbs/02_groups.ipynb #58a7ee73
 @patch
 def group_table(self:Learner) -> pd.DataFrame:
     "One row per parameter group: name, parameter counts, trainable state, norm layers, parameters the user froze, tied weights, learning rate and policy"
@@ -445,11 +450,22 @@ def adapt_bn(self:Learner, dl=None) -> int: # Items to estimate on; default: the
     _store_statistics(self.model, acc, old, nb)
     return nb
 
+# %% ../nbs/02_groups.ipynb #efa19d78
+def _old_keyword(kwargs:dict, old:str, new:str, where:str):
+    "The value of keyword `old`, renamed `new`, saying so once per calling line; any other keyword is a `TypeError`"
+    if bad := [k for k in kwargs if k != old]: raise TypeError(f"{where}() got an unexpected keyword argument {bad[0]!r}")
+    v = kwargs.pop(old)
+    warnings.warn(f"{where}({old}=...) is now {where}({new}=...)", DeprecationWarning, stacklevel=3)
+    return v
+
 # %% ../nbs/02_groups.ipynb #baf3a68b
 @patch
-def set_bn_policy(self:Learner, policy:str='train', # 'train', 'stats', 'frozen' or 'adapt'
-                  adapt:bool=True): # With 'adapt', re-estimate the statistics now (`False`: weights about to be loaded hold them)
+def set_bn_policy(self:Learner, bn_policy:str='train', # 'train', 'stats', 'frozen' or 'adapt'
+                  adapt:bool=True, # With 'adapt', re-estimate the statistics now (`False`: weights about to be loaded hold them)
+                  **kwargs): # `policy=`, its old name (`policy` is a phase's adapter policy)
     "Choose what normalisation layers in frozen groups do (see the table above); 'adapt' re-estimates the statistics now, once"
+    if kwargs: bn_policy = _old_keyword(kwargs, 'policy', 'bn_policy', 'set_bn_policy')
+    policy = bn_policy
     if policy not in bn_policies: raise ValueError(f"Unknown BatchNorm policy {policy!r}; choose one of {bn_policies}")
     _note_user_frozen(self)  # before the norm layers' flags change
     groups,held = self.trainable_groups,policy in ('frozen', 'adapt')
