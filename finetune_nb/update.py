@@ -16,15 +16,15 @@ from .finetune import *  # `Schedule.run`
 from .test_utils import DigitCNN, digits_stream  # the scenario of `finetune_nb update`
 from .registry import *
 from .registry import _loader, _set_module, _joint_msg
+from .features import hooked_features
 from .drift import *
-from .drift import _predict
 
 # %% auto #0
 __all__ = ['update_steps', 'PartAccuracy', 'gate_table', 'UpdateGate', 'update_schedule', 'UpdateResult', 'pct_table',
            'UpdateCLIError', 'update_parser', 'update_cli', 'update_main', 'ModelRegistry', 'RegistryError', 'ItemSet',
            'DriftReport']
 
-# %% ../nbs/18b_update.ipynb #3aefc0d7
+# %% ../nbs/18b_update.ipynb #8be59d2f
 def _check_item(it, what:str):
     "Raise a clear error unless `it` is an item of tensor inputs and one integer label"
     if not isinstance(it, tuple) or len(it) < 2: raise ValueError(f"{what}: each item must be a tuple of inputs and a label, got {type(it).__name__}")
@@ -33,7 +33,7 @@ def _check_item(it, what:str):
         raise ValueError(f"{what}: update needs single-label classification data (one integer label per item), got the label {y!r:.60}")
     if not isinstance(it[0], Tensor): raise ValueError(f"{what}: the inputs must be tensors once the loader's item transforms ran, got {type(it[0]).__name__}")
 
-# %% ../nbs/18b_update.ipynb #7794a1b4
+# %% ../nbs/18b_update.ipynb #10719786
 def _check_new(new_dls) -> tuple:
     "The first training item of `new_dls`, after checking that it has training and validation items of the right kind"
     if not isinstance(new_dls, DataLoaders) or len(new_dls.loaders) < 2:
@@ -44,7 +44,7 @@ def _check_new(new_dls) -> tuple:
         _check_item(dl.do_item(0), f"The new {what} data")
     return new_dls.train.do_item(0)
 
-# %% ../nbs/18b_update.ipynb #96e84114
+# %% ../nbs/18b_update.ipynb #f366f74b
 def _joint_classes(old_vocab:list, new_dls) -> tuple[list, Tensor]:
     "The old classes then the new data's other classes, and the map from the new data's labels to them"
     ys = np.concatenate([item_labels(new_dls.train.dataset), item_labels(new_dls.valid.dataset)])
@@ -52,14 +52,14 @@ def _joint_classes(old_vocab:list, new_dls) -> tuple[list, Tensor]:
     vocab = old_vocab + [n for i,n in enumerate(names) if i in present and n not in old_vocab]
     return vocab, torch.tensor([vocab.index(n) if i in present else -1 for i,n in enumerate(names)])
 
-# %% ../nbs/18b_update.ipynb #76a74835
+# %% ../nbs/18b_update.ipynb #58753bd8
 def _balanced(kept:ItemSet, new_labels:np.ndarray) -> np.ndarray:
     "Indices into `kept` that repeat it (cyclically, up to as many items as the new data) until its classes weigh as much as the new data's"
     per_new = len(new_labels)/max(len(np.unique(new_labels)), 1)
     per_kept = len(kept)/max(len(np.unique(kept.labels.numpy())), 1)
     return np.arange(min(max(len(kept), round(len(kept)*per_new/per_kept)), max(len(kept), len(new_labels)))) % len(kept)
 
-# %% ../nbs/18b_update.ipynb #d5e1baec
+# %% ../nbs/18b_update.ipynb #715ba1f6
 class _UpdateDS:
     "The new training items, through their loader's item transforms and with labels of the joint classes, then the replayed items"
     def __init__(self, dl:DataLoader, lut:Tensor, kept:ItemSet|None, vocab:list, balance:bool=True):
@@ -92,7 +92,18 @@ class PartAccuracy(Metric):
     @property
     def name(self): return self._name
 
-# %% ../nbs/18b_update.ipynb #a3d8ea1e
+# %% ../nbs/18b_update.ipynb #b656bd7f
+def _predict(learn:Learner, dl) -> tuple[Tensor, Tensor]:
+    "Predicted classes and labels of every item of `dl`, in order (without the loss: the labels may be classes the model lacks yet)"
+    m,preds,ys = learn.model,[],[]
+    was = m.training; m.eval()
+    try:
+        with torch.no_grad():
+            for b in dl: preds.append(m(*b[:-1]).argmax(-1).view(-1).cpu()); ys.append(b[-1].view(-1).cpu())
+    finally: m.train(was)
+    return torch.cat(preds).as_subclass(Tensor), torch.cat(ys).as_subclass(Tensor)
+
+# %% ../nbs/18b_update.ipynb #7b4d7f11
 _data_keys = ('fingerprint', 'n_train', 'n_valid', 'n_seen', 'class_counts')
 
 @dataclass
@@ -104,7 +115,7 @@ class _Known:
     data:dict # The record of the data seen (`_data_keys`); `n_seen` and `class_counts` count every item seen so far
     version:str|None = None # Its version in the registry, if it has one
 
-# %% ../nbs/18b_update.ipynb #fe3220f0
+# %% ../nbs/18b_update.ipynb #0a311331
 def _known_from_dls(learn:Learner, head:str, n_replay:int, by:str, n_holdout:int, seed:int, src:str='learn.dls') -> _Known:
     "What the model knows, from `learn.dls`, the data it was trained on: training items to replay, validation items to check"
     dls = learn.dls
@@ -120,13 +131,13 @@ def _known_from_dls(learn:Learner, head:str, n_replay:int, by:str, n_holdout:int
                 class_counts=np.bincount(ytr, minlength=n_out).tolist())
     return _Known(vocab, pool, holdout, data)
 
-# %% ../nbs/18b_update.ipynb #b15ebe32
+# %% ../nbs/18b_update.ipynb #b856ce66
 def _current_version(learn:Learner, reg:ModelRegistry|None) -> dict|None:
     "The registry's current version, loaded, if it holds exactly the learner's weights"
     if reg is None or reg.current is None or reg.latest['weights'] != weights_fingerprint(learn.model.state_dict()): return None
     return reg.load()
 
-# %% ../nbs/18b_update.ipynb #4298ce36
+# %% ../nbs/18b_update.ipynb #8c9f1000
 def _known(learn:Learner, reg:ModelRegistry|None, head:str, n_replay:int, by:str, n_holdout:int, seed:int) -> _Known:
     "What the model knows: from its version in the registry if that keeps a holdout and the record of its data, else from `learn.dls`"
     d = _current_version(learn, reg)
@@ -137,7 +148,7 @@ def _known(learn:Learner, reg:ModelRegistry|None, head:str, n_replay:int, by:str
     k = _known_from_dls(learn, head, n_replay, by, n_holdout, seed, f"version {vid} of {reg.path} keeps no holdout, and learn.dls")
     return _Known(d['vocab'], ifnone(d['replay'], k.pool), k.holdout, k.data, vid)  # a minimal version: its classes, the rest from learn.dls
 
-# %% ../nbs/18b_update.ipynb #70bb7c8f
+# %% ../nbs/18b_update.ipynb #3aab53ff
 def _next_sample(known:_Known, new_items, new_labels:np.ndarray, n:int, by:str, seed:int) -> ItemSet|None:
     "`n` of the old replay sample and the new training items (`new_items(idxs)` gives them), for the next update"
     pool = known.pool
@@ -167,7 +178,7 @@ def gate_table(classes:list, # Class names, indexed by label
                      n_new=len(new_y), new_before=_acc(new_before, new_y), new_after=_acc(new_after, new_y)))
     return pd.DataFrame(rows).set_index('cls')
 
-# %% ../nbs/18b_update.ipynb #0c7a9256
+# %% ../nbs/18b_update.ipynb #89991c3e
 @dataclass(frozen=True)
 class UpdateGate:
     "When an updated model is kept: old-data accuracy holds, overall and per class, and new-data accuracy improves"
@@ -181,7 +192,7 @@ class UpdateGate:
             v = getattr(self, k)
             if not isinstance(v, (int, float)) or not 0 <= v <= 1: raise ValueError(f"UpdateGate: {k} must be between 0 and 1, got {v!r}")
 
-# %% ../nbs/18b_update.ipynb #076f5a34
+# %% ../nbs/18b_update.ipynb #5199fd3e
 @patch
 def reasons(self:UpdateGate, t:pd.DataFrame) -> list:
     "Why the update whose `gate_table` is `t` must be rolled back: empty if it passes"
@@ -206,7 +217,7 @@ def update_schedule(epochs:int=3, # Epochs with every group training
     return Schedule([Phase(top=1, epochs=head_epochs, lr_max=lr_max, name='head'),
                      Phase(top='all', epochs=epochs, lr_max=lr_max, factor=factor, sched=sched, name='all')])
 
-# %% ../nbs/18b_update.ipynb #32338030
+# %% ../nbs/18b_update.ipynb #0c1f6c95
 class UpdateResult:
     "What an update did: kept or rolled back and why, the gate's table, the drift report, the training history, the versions"
     def __init__(self, kept:bool, reasons:list, table:pd.DataFrame, drift, history, version, backup, attempt, vocab, seconds, notes=()): store_attr()
@@ -220,7 +231,7 @@ class UpdateResult:
         return res + ''.join(f"\n  - {r}" for r in self.reasons) + ''.join(f"\n  Note: {n}" for n in self.notes)
     def __repr__(self): return self.summary() + "\n" + pct_table(self.table)
 
-# %% ../nbs/18b_update.ipynb #28f97424
+# %% ../nbs/18b_update.ipynb #2666ffff
 def pct_table(t:pd.DataFrame) -> str:
     "A gate table as text, accuracies in percent"
     t = t.copy()
@@ -228,14 +239,14 @@ def pct_table(t:pd.DataFrame) -> str:
         if c.startswith(('old_', 'new_')): t[c] = t[c].map(lambda v: '' if pd.isna(v) else f"{v:.1%}")
     return t.to_string()
 
-# %% ../nbs/18b_update.ipynb #698a43fb
+# %% ../nbs/18b_update.ipynb #5b9cc6ab
 def _registry(learn:Learner, registry) -> ModelRegistry|None:
     "The registry of `update`'s `registry` argument: `False` none, `None` the learner's default folder, else the registry or its folder"
     if registry is False: return None
     if isinstance(registry, ModelRegistry): return registry
     return ModelRegistry(ifnone(registry, Path(learn.path)/learn.model_dir/'versions'))
 
-# %% ../nbs/18b_update.ipynb #bc3468b2
+# %% ../nbs/18b_update.ipynb #c6470c9f
 @dataclass
 class _Backup:
     "Everything a rollback puts back, copied: the weights, the classifier module, which parameters train, the data, metrics, optimiser"
@@ -256,12 +267,12 @@ class _Backup:
         learn.dls,learn.metrics,learn.opt = self.dls,self.metrics,self.opt
         if self.train_bn is not None: learn.train_bn = self.train_bn
 
-# %% ../nbs/18b_update.ipynb #efb64498
+# %% ../nbs/18b_update.ipynb #e27f5a04
 def _same_weights(model:nn.Module, sd:dict) -> bool:
     own = model.state_dict()
     return own.keys() == sd.keys() and all(torch.equal(own[k], sd[k]) for k in sd)
 
-# %% ../nbs/18b_update.ipynb #0613f20f
+# %% ../nbs/18b_update.ipynb #3bbdbc34
 @dataclass
 class _Update:
     "One update of `learn` on `new_dls`, step by step: each step keeps what it found for the next"
@@ -273,7 +284,7 @@ class _Update:
     holdout:int = 1000 # Validation items to keep with the new version, for the next gate
     seed:int = 0 # Seed of the samples
 
-# %% ../nbs/18b_update.ipynb #cecf8e73
+# %% ../nbs/18b_update.ipynb #9f4245d7
 @patch
 def prepare(self:_Update):
     "Check the new data and the registry; gather what the model knows, the joint classes and the new training labels among them"
@@ -289,19 +300,20 @@ def prepare(self:_Update):
     self.report = None
     return self
 
-# %% ../nbs/18b_update.ipynb #0f6252f8
+# %% ../nbs/18b_update.ipynb #c4ac870c
 @patch
 def drift(self:_Update) -> DriftReport:
     "Drift of (at most 500 of) the new training items from the old validation items, in the model's embedding; and the label shift"
     k,like = self.known,self.new_dls.valid
     new_items = ItemSet.from_dl(self.new_dls.train, sample_items(self.new_labels, 500, 'class', seed=self.seed)).relabel(self.lut)
-    a,b = embeddings(self.learn, k.holdout, like, self.head),embeddings(self.learn, new_items, like, self.head)
+    emb = lambda its: hooked_features(self.learn.model, _loader(its, like, shuffle=False), head=self.head)[0]['head']
+    a,b = emb(k.holdout),emb(new_items)
     table,overall = drift_stats(a, k.holdout.labels, b, new_items.labels, self.vocab, seed=self.seed)
     counts = np.bincount(self.new_labels, minlength=len(self.vocab))
     self.report = DriftReport(table, overall, *label_shift(k.data['class_counts'], counts, self.vocab))
     return self.report
 
-# %% ../nbs/18b_update.ipynb #4d4de83c
+# %% ../nbs/18b_update.ipynb #5e88e12a
 @patch
 def look(self:_Update):
     "The gate's validation items (the old holdout, then the new validation items) and the current model's predictions on them"
@@ -310,7 +322,7 @@ def look(self:_Update):
     self.pred0,self.y = _predict(self.learn, _loader(self.valid_items, self.new_dls.valid, shuffle=False))
     return self
 
-# %% ../nbs/18b_update.ipynb #32ab8cce
+# %% ../nbs/18b_update.ipynb #374d1650
 @patch
 def back_up(self:_Update, opt):
     "Keep in memory what a rollback puts back (`opt`: the optimiser the learner had); commit the model first if the registry lacks it"
@@ -321,7 +333,7 @@ def back_up(self:_Update, opt):
                                       metrics=dict(old_after=_acc(self.pred0[:n_old], self.y[:n_old])), note='backup before an update')['id']
     return self
 
-# %% ../nbs/18b_update.ipynb #f9db3983
+# %% ../nbs/18b_update.ipynb #0b9af4d4
 @patch
 def train(self:_Update, sch:Schedule, cbs=None, balance:bool=True, seed:int|None=None):
     "Grow the head, train on the new and the replayed items, validate on the joint set; on any error (Ctrl-C too) roll back first"
@@ -344,7 +356,7 @@ def train(self:_Update, sch:Schedule, cbs=None, balance:bool=True, seed:int|None
     self.notes = [f"training was stopped early: {learn.diverged}"] if getattr(learn, 'diverged', None) else []
     return self
 
-# %% ../nbs/18b_update.ipynb #65d13318
+# %% ../nbs/18b_update.ipynb #fa2947fd
 @patch
 def judge(self:_Update, gate:UpdateGate|None) -> list:
     "The gate's table of the model before and after, and its reasons to roll back (none without a gate)"
@@ -354,7 +366,7 @@ def judge(self:_Update, gate:UpdateGate|None) -> list:
     self.reasons = [] if gate is None else gate.reasons(self.table) + ([] if finite else ["the updated weights hold NaN or inf"])
     return self.reasons
 
-# %% ../nbs/18b_update.ipynb #541eba7a
+# %% ../nbs/18b_update.ipynb #fb54c5e7
 @patch
 def _record(self:_Update, sch:Schedule, gate:UpdateGate|None, note:str) -> dict:
     "What the registry's index records of this update: the data seen, the schedule, the drift, the metrics, the gate"
@@ -368,7 +380,7 @@ def _record(self:_Update, sch:Schedule, gate:UpdateGate|None, note:str) -> dict:
                              classes=t.reset_index().to_dict('records')),
                 gate=dict(dataclasses.asdict(gate), reasons=self.reasons) if gate is not None else None)
 
-# %% ../nbs/18b_update.ipynb #2e0d7610
+# %% ../nbs/18b_update.ipynb #74b83bbf
 @patch
 def settle(self:_Update, sch:Schedule, gate:UpdateGate|None, note:str=''):
     "Roll back (recording the attempt) or commit the updated model with its next replay sample and holdout"
@@ -385,14 +397,14 @@ def settle(self:_Update, sch:Schedule, gate:UpdateGate|None, note:str=''):
         self.version = self.reg.commit(learn.model, self.head, self.vocab, parent=self.parent, replay_items=pool, holdout_items=hold, **rec)['id']
     return self
 
-# %% ../nbs/18b_update.ipynb #703a828e
+# %% ../nbs/18b_update.ipynb #cb1d9693
 @patch
 def result(self:_Update, seconds:float) -> UpdateResult:
     "What the update did, as an `UpdateResult`"
     return UpdateResult(not self.reasons, self.reasons, self.table, self.report, self.history, ifnone(self.version, self.parent),
                         self.parent, self.attempt, self.vocab, seconds, self.notes)
 
-# %% ../nbs/18b_update.ipynb #e07c8c1a
+# %% ../nbs/18b_update.ipynb #0e29dffc
 @patch
 def drift_report(self:Learner, new_dls:DataLoaders, # Newly arrived data
                  registry:ModelRegistry|str|Path|None=None, # As for `update`: the old data come from its current version if that is this model
@@ -401,7 +413,7 @@ def drift_report(self:Learner, new_dls:DataLoaders, # Newly arrived data
     "How `new_dls` differ from the data the model was trained on, in its embedding and in the shares of the classes, without training"
     return _Update(self, new_dls, _registry(self, registry), 0, 'class', holdout, seed).prepare().drift()
 
-# %% ../nbs/18b_update.ipynb #283dd7c6
+# %% ../nbs/18b_update.ipynb #aa33b228
 def _check_update_args(replay, replay_by:str, holdout, gate:UpdateGate|None):
     "Raise a clear error for an argument of `update` that cannot work"
     if not isinstance(replay, (int, np.integer)) or replay < 0: raise ValueError(f"replay must be a number of items (0 or more), got {replay!r}")
@@ -409,7 +421,7 @@ def _check_update_args(replay, replay_by:str, holdout, gate:UpdateGate|None):
     if not isinstance(holdout, (int, np.integer)) or holdout < 1: raise ValueError(f"holdout must be a positive number of items, got {holdout!r}")
     if gate is not None: gate.check_settings()
 
-# %% ../nbs/18b_update.ipynb #f49136ac
+# %% ../nbs/18b_update.ipynb #fef9e5bf
 @patch
 def update(self:Learner, new_dls:DataLoaders, # The newly arrived data: training and validation items
            registry:ModelRegistry|str|Path|None=None, # Registry or its folder (default `learn.path/learn.model_dir/'versions'`); `False`: none
@@ -436,13 +448,13 @@ def update(self:Learner, new_dls:DataLoaders, # The newly arrived data: training
     u.judge(gate)
     return u.settle(sch, gate, note).result(time.time()-t0)
 
-# %% ../nbs/18b_update.ipynb #08675810
+# %% ../nbs/18b_update.ipynb #321bc5d1
 update_steps = ('thick', 'small', 'classes')
 
 class UpdateCLIError(Exception):
     "A bad option of `finetune_nb update`"
 
-# %% ../nbs/18b_update.ipynb #00b56213
+# %% ../nbs/18b_update.ipynb #bea83465
 def update_parser(p:argparse.ArgumentParser|None=None) -> argparse.ArgumentParser:
     "The options of `finetune_nb update`, added to `p` (e.g. a subcommand's parser)"
     p = ifnone(p, argparse.ArgumentParser(prog='finetune_nb update', description=update_cli.__doc__))
@@ -460,7 +472,7 @@ def update_parser(p:argparse.ArgumentParser|None=None) -> argparse.ArgumentParse
     p.add_argument('--quiet', action='store_true', help="no progress bars")
     return p
 
-# %% ../nbs/18b_update.ipynb #73e68095
+# %% ../nbs/18b_update.ipynb #038c3e6e
 def _update_options(a) -> dict:
     "Check every option of `finetune_nb update` before any work; raise an `UpdateCLIError` naming the bad one"
     steps = [s.strip() for s in a.steps.split(',') if s.strip()]
@@ -485,7 +497,7 @@ def _update_options(a) -> dict:
     except OSError as e: raise UpdateCLIError(f"--out {out}: cannot write there ({e.strerror or e})") from None
     return dict(steps=steps, out=out, device=dev)
 
-# %% ../nbs/18b_update.ipynb #6470137e
+# %% ../nbs/18b_update.ipynb #fa9dacc0
 def _plan(steps:list, digits:list) -> list:
     "The digits known after each step, or an `UpdateCLIError` for a step that cannot run"
     res = []
@@ -496,7 +508,7 @@ def _plan(steps:list, digits:list) -> list:
         res.append(digits)
     return res
 
-# %% ../nbs/18b_update.ipynb #95f52e8b
+# %% ../nbs/18b_update.ipynb #f1b8ea8e
 def _cli_learner(arch:str, n_out:int, dls, device) -> Learner:
     if arch == 'cnn': model = DigitCNN(n_out)
     else:
@@ -505,7 +517,7 @@ def _cli_learner(arch:str, n_out:int, dls, device) -> Learner:
     return Learner(dls, model.to(device), loss_func=CrossEntropyLossFlat(), metrics=accuracy,
                    splitter=auto_splitter if arch == 'cnn' else partial(auto_splitter, n_groups=4))
 
-# %% ../nbs/18b_update.ipynb #243a2f87
+# %% ../nbs/18b_update.ipynb #467f94df
 _step_text = dict(thick='the same digits written with thicker strokes', small='the same digits written smaller',
                   classes='the digits 5-9, never seen before')
 
@@ -549,5 +561,5 @@ def update_main(argv=None) -> int:
         print(f"finetune_nb update: error: {e}", file=sys.stderr); return 2
     except KeyboardInterrupt: return 130
 
-# %% ../nbs/18b_update.ipynb #411014af
+# %% ../nbs/18b_update.ipynb #8862ff2e
 _all_ = ['ModelRegistry', 'RegistryError', 'ItemSet', 'DriftReport']
