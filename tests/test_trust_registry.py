@@ -1,5 +1,6 @@
 """`ModelRegistry` with several writers: processes that commit into one folder at the same time each get their own version,
-and every version holds the weights its id names."""
+and every version holds the weights its id names; a folder written before the update was split into registry, drift and update
+still loads."""
 import json, os, subprocess, sys, textwrap, time
 from pathlib import Path
 import torch
@@ -48,3 +49,24 @@ def test_concurrent_commits_keep_every_version(tmp_path):
         assert reg.entry(vid)['weights'] == fp, vid
         assert weights_fingerprint(reg.load(vid)['state_dict']) == fp, vid
     assert not [f.name for f in reg_dir.iterdir() if f.name.endswith('tmp')]  # no temporary file left
+
+# ---------------------------------------------------------------- the format of before
+BEFORE = Path(__file__).parent/'data'/'registry_before_split'
+
+def test_registry_written_before_the_split_loads(tmp_path):
+    "A folder written by the registry of before the update's split (dd28521, with `commit(replay=, holdout=)`) loads and takes new versions"
+    import shutil
+    from torch import nn
+    shutil.copytree(BEFORE, tmp_path/'reg')
+    reg = ModelRegistry(tmp_path/'reg')
+    assert (reg.current, [e['status'] for e in reg.versions]) == ('v1', ['kept', 'kept', 'rejected'])
+    v1,v2 = reg.load('v1'),reg.load('v2')
+    assert (len(v1['replay']), len(v1['holdout']), len(v2['replay']), len(v2['holdout'])) == (6, 5, 4, 3)
+    assert (v1['vocab'], v1['head'], v1['entry']['data']['n_seen']) == (['a', 'b', 'c'], '2', 6)
+    assert torch.equal(v2['state_dict']['2.weight'], v1['state_dict']['2.weight'] + 1)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    reg.load_into(m, 'v2')
+    assert torch.equal(m[2].weight, v2['state_dict']['2.weight'])
+    e = reg.commit(m, '2', ['a', 'b', 'c'], parent='v2', replay_items=v2['replay'], holdout_items=v2['holdout'])
+    assert e['id'] == 'v4' and ModelRegistry(tmp_path/'reg').load()['entry']['parent'] == 'v2'
+    assert reg.rollback()['id'] == 'v2'
