@@ -4,15 +4,12 @@
 
 # %% ../nbs/17_audit.ipynb #c83ff57d
 from __future__ import annotations
-import hashlib, html, io, json, os, sys, time, warnings
+import hashlib, html, io, json, os, time, warnings
 import PIL.Image
 from collections import Counter
-with warnings.catch_warnings():  # fastai's import calls `torch.jit.script`, which torch now deprecates: not the user's business, and it would add lines to `finetune_nb audit`'s one-line errors
-    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')
-    from fastai.vision.all import *
+from fastai.vision.all import *
 from fastai.data.transforms import _get_files  # fastai's rule for which files of a folder are images (`get_files`)
-from .models import lite0_stats
-from .data import digits_arrays, digits_split, array_dls, corrupt_labels, item_labels, class_names
+from .data import class_names
 from .features import ItemFeatures, prefix_features
 from .probes import _standardize, out_of_fold_probs, select_groups, nearest, near_pairs, outlier_scores
 from .fixes import fix_columns, apply_fixes, _item_key, _item_names
@@ -21,7 +18,7 @@ _all_ = ['apply_fixes']  # the call that applies an audit's suggestions comes wi
 
 # %% auto #0
 __all__ = ['label_issue_table', 'class_balance', 'DataAudit', 'audit_data', 'item_png', 'item_text', 'thumbnail_html',
-           'AuditError', 'image_files', 'image_folder_problem', 'audit_main', 'apply_fixes']
+           'image_files', 'image_folder_problem', 'apply_fixes']
 
 # %% ../nbs/17_audit.ipynb #495ec5cb
 def label_issue_table(probs:Tensor, # Out-of-sample class probabilities (items, classes)
@@ -304,26 +301,6 @@ def fingerprint(self:DataAudit) -> str:
     rows = sorted(zip(s.split, map(int, s.idx), names, s.label.map(str)))
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
-# %% ../nbs/17_audit.ipynb #2ebc000b
-class AuditError(ValueError):
-    "A bad option or input of `finetune_nb audit`"
-
-def _audit_parser():
-    import argparse
-    p = argparse.ArgumentParser(prog='finetune_nb audit', description="Audit labelled images with the pretrained EfficientNet-Lite0: label issues, near-duplicates, leaks, outliers, class balance")
-    p.add_argument('--data', default=None, help="folder with one subfolder of images per class (default: scikit-learn's digits)")
-    p.add_argument('--noise', type=float, default=0., help="change this share of the labels at seeded positions first (default 0)")
-    p.add_argument('--seed', type=int, default=0, help="seed of the noise, the split of --data and the folds (default 0)")
-    p.add_argument('--out', default='audit_out', help="output folder (default audit_out)")
-    p.add_argument('--size', type=int, default=64, help="image size in pixels (default 64)")
-    p.add_argument('--bs', type=int, default=64, help="batch size of the forward pass (default 64)")
-    p.add_argument('--folds', type=int, default=5, help="folds of the out-of-sample probabilities (default 5)")
-    p.add_argument('--valid-pct', type=float, default=0.2, help="share of --data kept for validation (default 0.2)")
-    p.add_argument('--top', type=int, default=10, help="findings to print of each kind (default 10)")
-    def error(msg): raise AuditError(msg)
-    p.error = error
-    return p
-
 # %% ../nbs/17_audit.ipynb #baf75e72
 def _listed(paths:list, n:int=5) -> str: return ', '.join(map(str, paths[:n])) + (', …' if len(paths) > n else '')
 
@@ -360,82 +337,3 @@ def image_folder_problem(path:str|Path) -> str|None:
         except Exception: bad.append(f)
     if bad: return f"--data {path}: {len(bad)} image{'s' if len(bad) > 1 else ''} cannot be read, e.g. {bad[0]}"
     return None
-
-# %% ../nbs/17_audit.ipynb #4006cabe
-def _audit_options(argv) -> tuple:
-    "Parsed and checked options of `finetune_nb audit`: an `AuditError` before any work"
-    a = _audit_parser().parse_args(argv)
-    if not 0 <= a.noise < 1: raise AuditError(f"--noise must be at least 0 and below 1, got {a.noise}")
-    for k in ('size', 'bs', 'top'):
-        if getattr(a, k) < 1: raise AuditError(f"--{k} must be a positive integer, got {getattr(a, k)}")
-    if a.size < 16: raise AuditError(f"--size must be at least 16 pixels, got {a.size}")
-    if a.folds < 2: raise AuditError(f"--folds must be at least 2, got {a.folds}")
-    if not 0 < a.valid_pct < 1: raise AuditError(f"--valid-pct must be between 0 and 1, got {a.valid_pct}")
-    import importlib.util
-    if importlib.util.find_spec('cleanlab') is None: raise AuditError("the audit needs cleanlab: pip install 'finetune_nb[audit]'")
-    if a.data is not None and (msg := image_folder_problem(a.data)): raise AuditError(msg)
-    out = Path(a.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out/'.write_test'; probe.write_bytes(b''); probe.unlink()
-    except OSError as e: raise AuditError(f"--out {out}: cannot write there ({e.strerror or e})") from None
-    return a, out
-
-# %% ../nbs/17_audit.ipynb #de168182
-def _noisy(dls:DataLoaders, noise:float, seed:int) -> tuple:
-    "`dls` with `noise` of its labels changed at seeded positions (both splits), and the changed items (split, idx)"
-    ys = np.concatenate([item_labels(dl.dataset, dls.n_inp) for dl in dls.loaders[:2]])
-    n_tr,vocab = len(dls.train.dataset),class_names(dls)
-    new,pos = corrupt_labels(ys, noise, len(vocab), seed)
-    where = [('train', p) if p < n_tr else ('valid', p-n_tr) for p in pos]
-    fx = pd.DataFrame(dict(split=[s for s,_ in where], idx=[i for _,i in where], action='relabel', label=[str(vocab[new[p]]) for p in pos]))
-    return apply_fixes(dls, fx), pd.DataFrame(where, columns=['split', 'idx'])
-
-def _audit_dls(a) -> tuple:
-    "The data `finetune_nb audit` was asked to audit, and notes on what of its folder was skipped (`image_files`)"
-    if a.data is None:
-        imgs,ys = digits_arrays()
-        trn,val = digits_split(ys, seed=42)
-        return array_dls(imgs, ys, trn, val, a.size, a.bs), []
-    files,notes = image_files(a.data)
-    dblock = DataBlock(blocks=(ImageBlock, CategoryBlock), get_y=parent_label, splitter=RandomSplitter(a.valid_pct, seed=a.seed),
-                       item_tfms=Resize(a.size, method=ResizeMethod.Squish), batch_tfms=Normalize.from_stats(*lite0_stats))
-    return dblock.dataloaders(files, path=a.data, bs=a.bs, num_workers=0), notes  # as fastai's `ImageDataLoaders.from_folder`, on these files
-
-# %% ../nbs/17_audit.ipynb #7996fc4d
-def _print_findings(audit:DataAudit, top:int, flipped:pd.DataFrame|None):
-    print('\n'.join(audit.summary()))
-    if flipped is not None and len(flipped):
-        k = len(flipped)
-        hit = len(set(zip(audit.scores.split[:k], audit.scores.idx[:k])) & set(zip(flipped.split, flipped.idx)))
-        found = len(set(zip(audit.scores.split[:2*k], audit.scores.idx[:2*k])) & set(zip(flipped.split, flipped.idx)))
-        print(f"--noise changed {k} labels: {hit} of them are in the audit's top {k} (precision {hit/k:.2f}), {found} in its top {2*k} (recall {found/k:.2f})")
-    fmt = lambda v: f"{v:.3f}"
-    for name in ('label_issues', 'duplicates', 'leaks', 'outliers'):
-        df = getattr(audit, name)
-        if len(df): print(f"\nTop {min(top, len(df))} {name.replace('_', ' ')}:\n" + df.head(top).to_string(index=False, float_format=fmt))
-
-def audit_main(argv=None) -> int:
-    "Entry point of `finetune_nb audit`: the exit status (2 with one line on stderr for bad input)"
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try: a,out = _audit_options(argv)
-    except AuditError as e: print(f"finetune_nb audit: error: {e}", file=sys.stderr); return 2
-    from finetune_nb.models import efficientnet_lite0
-    from finetune_nb.groups import auto_splitter
-    set_seed(a.seed)
-    dls,notes = _audit_dls(a)
-    flipped = None
-    if a.noise > 0: dls,flipped = _noisy(dls, a.noise, a.seed)
-    learn = Learner(dls, efficientnet_lite0(dls.c), splitter=auto_splitter)
-    what = f"the images in {a.data}" if a.data else "scikit-learn's digits"
-    print(f"Auditing {what}: {len(dls.train_ds)} training and {len(dls.valid_ds)} validation images at {a.size} px, "
-          f"with the pretrained EfficientNet-Lite0 and {a.folds} folds" + (f"; {a.noise:.0%} of the labels changed first (seed {a.seed})" if a.noise else ''), flush=True)
-    for n in notes: print(f"Note: {n}", flush=True)
-    try: audit = audit_data(learn, folds=a.folds, seed=a.seed, bs=a.bs)
-    except ValueError as e: print(f"finetune_nb audit: error: {e}", file=sys.stderr); return 2
-    paths = audit.save(out)
-    if flipped is not None: save_page(out, tables={'changed_labels': (flipped, False)})
-    _print_findings(audit, a.top, flipped)
-    print(f"\nWrote {paths['audit.html']} and the tables as CSV files (suggested fixes in {paths['fixes.csv']}) "
-          f"in {sum(audit.seconds.values()):.0f} s ({', '.join(f'{k} {v:.0f} s' for k,v in audit.seconds.items())}).")
-    return 0

@@ -4,44 +4,48 @@
 
 # %% ../nbs/19_cli.ipynb #945c4c66
 from __future__ import annotations
-import argparse, errno, importlib, inspect, json, math, os, signal, sys, time, warnings
+import argparse, errno, importlib, importlib.util, inspect, json, math, os, signal, sys, time, warnings
 from pathlib import Path
 from fastcore.docments import docments
 
 # %% auto #0
-__all__ = ['DemoError', 'DemoStopped', 'Terminated', 'resolve_device', 'default_threads', 'check_out', 'fit_batch_size', 'demo',
-           'add_options', 'main']
+__all__ = ['DemoError', 'CLIError', 'DemoStopped', 'Terminated', 'resolve_device', 'default_threads', 'check_out',
+           'fit_batch_size', 'demo', 'audit', 'add_options', 'main']
 
-# %% ../nbs/19_cli.ipynb #cea5dda2
-class DemoError(Exception):
-    "A bad option of `finetune_nb demo`"
+# %% ../nbs/19_cli.ipynb #b2ff730f
+class CLIError(ValueError):
+    "A bad option or input of a `finetune_nb` command: one line on stderr and exit status 2, before any work"
 
+DemoError = CLIError  # its name when only the demo had options
+
+# %% ../nbs/19_cli.ipynb #b6b0fba6
 class DemoStopped(Exception):
     "The demo stopped before the end for a reason its line explains; `status` is the command's exit status"
     def __init__(self, msg:str, status:int): super().__init__(msg); self.status = status
 
+# %% ../nbs/19_cli.ipynb #fd837a31
 class Terminated(KeyboardInterrupt):
     "SIGTERM, raised where the demo is, so that it ends as Ctrl-C does: with what was saved, and no traceback"
 
 # %% ../nbs/19_cli.ipynb #e2a373d7
 def _positive(name, v, allow_none=False):
     if v is None and allow_none: return
-    if v is None or v < 1: raise DemoError(f"--{name} must be a positive integer, got {v}")
+    if v is None or v < 1: raise CLIError(f"--{name} must be a positive integer, got {v}")
 
 # %% ../nbs/19_cli.ipynb #1ed09cb5
 def resolve_device(device:str) -> str:
-    "The torch device named by `device` ('auto', 'cpu', 'cuda', 'cuda:N' or 'mps'), or a `DemoError`"
+    "The torch device named by `device` ('auto', 'cpu', 'cuda', 'cuda:N' or 'mps'), or a `CLIError`"
     import torch
     if device == 'auto': return 'cuda' if torch.cuda.is_available() else 'cpu'
     try: d = torch.device(device)
-    except (RuntimeError, ValueError): raise DemoError(f"--device {device!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
+    except (RuntimeError, ValueError): raise CLIError(f"--device {device!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
     if d.type == 'cuda':
-        if not torch.cuda.is_available(): raise DemoError(f"--device {device}: no CUDA GPU is available on this machine (use --device cpu)")
+        if not torch.cuda.is_available(): raise CLIError(f"--device {device}: no CUDA GPU is available on this machine (use --device cpu)")
         if d.index is not None and d.index >= torch.cuda.device_count():
-            raise DemoError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+            raise CLIError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     elif d.type == 'mps':
-        if not torch.backends.mps.is_available(): raise DemoError(f"--device mps: Apple's MPS backend is not available here")
-    elif d.type != 'cpu': raise DemoError(f"--device {device!r} is not supported: use auto, cpu, cuda, cuda:N or mps")
+        if not torch.backends.mps.is_available(): raise CLIError(f"--device mps: Apple's MPS backend is not available here")
+    elif d.type != 'cpu': raise CLIError(f"--device {device!r} is not supported: use auto, cpu, cuda, cuda:N or mps")
     return str(d)
 
 # %% ../nbs/19_cli.ipynb #65f1ca59
@@ -52,13 +56,13 @@ def default_threads(cores:int|None=None) -> int:
 
 # %% ../nbs/19_cli.ipynb #5679d7e9
 def check_out(out:str|Path) -> Path:
-    "Create the output folder `out` and check it is writable, or raise a `DemoError`"
+    "Create the output folder `out` and check it is writable, or raise a `CLIError`"
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out/'.write_test'
         probe.write_bytes(b''); probe.unlink()
-    except OSError as e: raise DemoError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+    except OSError as e: raise CLIError(f"--out {out}: cannot write there ({e.strerror or e})") from None
     return out
 
 # %% ../nbs/19_cli.ipynb #eb6422ab
@@ -69,21 +73,21 @@ def fit_batch_size(bs:int, n_train:int) -> tuple[int, str]:
 
 # %% ../nbs/19_cli.ipynb #df1055c3
 def _check_options(epochs, size, k_shot, lr, n_groups, bs, bn_policy, threads, device, precision, label_smoothing=0.) -> str:
-    "Check the demo's options before any work, raising a `DemoError` that names the first bad one; the torch device"
+    "Check the demo's options before any work, raising a `CLIError` that names the first bad one; the torch device"
     _positive('epochs', epochs); _positive('size', size); _positive('k-shot', k_shot, allow_none=True)
     _positive('groups', n_groups); _positive('bs', bs); _positive('threads', threads, allow_none=True)
-    if not (math.isfinite(lr) and lr > 0): raise DemoError(f"--lr must be a positive number, got {lr}")
-    if not 0 <= label_smoothing < 1: raise DemoError(f"--label-smoothing must be at least 0 and below 1, got {label_smoothing}")
-    if size < 32: raise DemoError(f"--size must be at least 32 pixels, got {size}")
-    if k_shot is not None and k_shot > 140: raise DemoError(f"--k-shot must be at most 140 (training images of the rarest digit), got {k_shot}")
+    if not (math.isfinite(lr) and lr > 0): raise CLIError(f"--lr must be a positive number, got {lr}")
+    if not 0 <= label_smoothing < 1: raise CLIError(f"--label-smoothing must be at least 0 and below 1, got {label_smoothing}")
+    if size < 32: raise CLIError(f"--size must be at least 32 pixels, got {size}")
+    if k_shot is not None and k_shot > 140: raise CLIError(f"--k-shot must be at most 140 (training images of the rarest digit), got {k_shot}")
     from finetune_nb.models import efficientnet_lite0
     from finetune_nb.groups import layer_groups, bn_policies
     n_max = len(layer_groups(efficientnet_lite0(pretrained=False)))
-    if n_groups > n_max: raise DemoError(f"--groups must be at most {n_max} (the layer groups EfficientNet-Lite0 has), got {n_groups}")
-    if bn_policy not in bn_policies: raise DemoError(f"--bn-policy must be one of {', '.join(bn_policies)}, got {bn_policy!r}")
+    if n_groups > n_max: raise CLIError(f"--groups must be at most {n_max} (the layer groups EfficientNet-Lite0 has), got {n_groups}")
+    if bn_policy not in bn_policies: raise CLIError(f"--bn-policy must be one of {', '.join(bn_policies)}, got {bn_policy!r}")
     dev = resolve_device(device)
     from finetune_nb.hardware import precision_problem
-    if (msg := precision_problem(precision, dev)): raise DemoError(f"--precision {precision}: {msg}")
+    if (msg := precision_problem(precision, dev)): raise CLIError(f"--precision {precision}: {msg}")
     return dev
 
 # %% ../nbs/19_cli.ipynb #9f25aae4
@@ -93,7 +97,7 @@ def _check_resume(out:Path, opts:dict, resume:bool):
     if resume and f.exists():
         old = json.loads(f.read_text())
         diff = [f"--{k.replace('_','-')} {old.get(k)} (now {v})" for k,v in opts.items() if old.get(k) != v]
-        if diff: raise DemoError(f"--resume must repeat the interrupted run's options: it used {', '.join(diff)}")
+        if diff: raise CLIError(f"--resume must repeat the interrupted run's options: it used {', '.join(diff)}")
     f.write_text(json.dumps(opts))
 
 # %% ../nbs/19_cli.ipynb #25287663
@@ -224,6 +228,94 @@ def demo(epochs:int=3, # Epochs of the last phase (every group training)
     print(sch.table(learn).to_string(), flush=True)
     return _run(learn, sch, out, dict(arch='efficientnet_lite0', size=size, stats=([0.5]*3, [0.5]*3)), resume)
 
+# %% ../nbs/19_cli.ipynb #68641602
+def _audit_checks(data, noise, size, bs, folds, valid_pct, top):
+    "Check the options and input of `finetune_nb audit` before any work: a `CLIError` naming the bad one"
+    if not 0 <= noise < 1: raise CLIError(f"--noise must be at least 0 and below 1, got {noise}")
+    for k,v in dict(size=size, bs=bs, top=top).items():
+        if v < 1: raise CLIError(f"--{k} must be a positive integer, got {v}")
+    if size < 16: raise CLIError(f"--size must be at least 16 pixels, got {size}")
+    if folds < 2: raise CLIError(f"--folds must be at least 2, got {folds}")
+    if not 0 < valid_pct < 1: raise CLIError(f"--valid-pct must be between 0 and 1, got {valid_pct}")
+    if importlib.util.find_spec('cleanlab') is None: raise CLIError("the audit needs cleanlab: pip install 'finetune_nb[audit]'")
+    from finetune_nb.audit import image_folder_problem
+    if data is not None and (msg := image_folder_problem(data)): raise CLIError(msg)
+
+# %% ../nbs/19_cli.ipynb #f4f2fbce
+def _noisy(dls, noise:float, seed:int) -> tuple:
+    "`dls` with `noise` of its labels changed at seeded positions (both splits), and the changed items (split, idx)"
+    import numpy as np, pandas as pd
+    from finetune_nb.data import item_labels, class_names, corrupt_labels
+    from finetune_nb.fixes import apply_fixes
+    ys = np.concatenate([item_labels(dl.dataset, dls.n_inp) for dl in dls.loaders[:2]])
+    n_tr,vocab = len(dls.train.dataset),class_names(dls)
+    new,pos = corrupt_labels(ys, noise, len(vocab), seed)
+    where = [('train', p) if p < n_tr else ('valid', p-n_tr) for p in pos]
+    fx = pd.DataFrame(dict(split=[s for s,_ in where], idx=[i for _,i in where], action='relabel', label=[str(vocab[new[p]]) for p in pos]))
+    return apply_fixes(dls, fx), pd.DataFrame(where, columns=['split', 'idx'])
+
+# %% ../nbs/19_cli.ipynb #6d956e54
+def _audit_dls(data, size:int, bs:int, valid_pct:float, seed:int) -> tuple:
+    "The data `finetune_nb audit` was asked to audit, and notes on what of its folder was skipped (`image_files`)"
+    from fastai.vision.all import DataBlock, ImageBlock, CategoryBlock, parent_label, RandomSplitter, Resize, ResizeMethod, Normalize
+    from finetune_nb.data import digits_arrays, digits_split, array_dls
+    from finetune_nb.models import lite0_stats
+    from finetune_nb.audit import image_files
+    if data is None:
+        imgs,ys = digits_arrays()
+        trn,val = digits_split(ys, seed=42)
+        return array_dls(imgs, ys, trn, val, size, bs), []
+    files,notes = image_files(data)
+    dblock = DataBlock(blocks=(ImageBlock, CategoryBlock), get_y=parent_label, splitter=RandomSplitter(valid_pct, seed=seed),
+                       item_tfms=Resize(size, method=ResizeMethod.Squish), batch_tfms=Normalize.from_stats(*lite0_stats))
+    return dblock.dataloaders(files, path=data, bs=bs, num_workers=0), notes  # as fastai's `ImageDataLoaders.from_folder`, on these files
+
+# %% ../nbs/19_cli.ipynb #391c0f33
+def _print_findings(audit, top:int, flipped=None):
+    "Print an audit's summary, how many of the `flipped` labels it ranks at the top, and its `top` findings of each kind"
+    print('\n'.join(audit.summary()))
+    if flipped is not None and len(flipped):
+        k,truth = len(flipped),set(zip(flipped.split, flipped.idx))
+        hit,found = [len(set(zip(audit.scores.split[:n], audit.scores.idx[:n])) & truth) for n in (k, 2*k)]
+        print(f"--noise changed {k} labels: {hit} of them are in the audit's top {k} (precision {hit/k:.2f}), {found} in its top {2*k} (recall {found/k:.2f})")
+    for name in ('label_issues', 'duplicates', 'leaks', 'outliers'):
+        df = getattr(audit, name)
+        if len(df): print(f"\nTop {min(top, len(df))} {name.replace('_', ' ')}:\n" + df.head(top).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+# %% ../nbs/19_cli.ipynb #6a2cdd58
+def audit(data:str|None=None, # Folder with one subfolder of images per class (default: scikit-learn's digits)
+          noise:float=0., # Change this share of the labels at seeded positions first
+          seed:int=0, # Seed of the noise, the split of --data and the folds
+          out:str='audit_out', # Output folder
+          size:int=64, # Image size in pixels
+          bs:int=64, # Batch size of the forward pass
+          folds:int=5, # Folds of the out-of-sample probabilities
+          valid_pct:float=0.2, # Share of --data kept for validation
+          top:int=10): # Findings to print of each kind
+    "Audit labelled images with the pretrained EfficientNet-Lite0: label issues, near-duplicates, leaks, outliers, class balance"
+    _audit_checks(data, noise, size, bs, folds, valid_pct, top)
+    out = check_out(out)
+    from fastai.basics import Learner, set_seed
+    from finetune_nb.models import efficientnet_lite0
+    from finetune_nb.groups import auto_splitter
+    from finetune_nb.report import save_page
+    from finetune_nb.audit import audit_data
+    set_seed(seed)
+    dls,notes = _audit_dls(data, size, bs, valid_pct, seed)
+    dls,flipped = _noisy(dls, noise, seed) if noise > 0 else (dls, None)
+    learn = Learner(dls, efficientnet_lite0(dls.c), splitter=auto_splitter)
+    what = f"the images in {data}" if data else "scikit-learn's digits"
+    print(f"Auditing {what}: {len(dls.train_ds)} training and {len(dls.valid_ds)} validation images at {size} px, "
+          f"with the pretrained EfficientNet-Lite0 and {folds} folds" + (f"; {noise:.0%} of the labels changed first (seed {seed})" if noise else ''), flush=True)
+    for n in notes: print(f"Note: {n}", flush=True)
+    try: res = audit_data(learn, folds=folds, seed=seed, bs=bs)
+    except ValueError as e: raise CLIError(str(e)) from None
+    paths = res.save(out)
+    if flipped is not None: save_page(out, tables={'changed_labels': (flipped, False)})
+    _print_findings(res, top, flipped)
+    print(f"\nWrote {paths['audit.html']} and the tables as CSV files (suggested fixes in {paths['fixes.csv']}) "
+          f"in {sum(res.seconds.values()):.0f} s ({', '.join(f'{k} {v:.0f} s' for k,v in res.seconds.items())}).")
+
 # %% ../nbs/19_cli.ipynb #54385ccb
 def add_options(p:argparse.ArgumentParser, f, # Function whose parameters (annotated, with docments) become options
                 flags:dict|None=None): # Option names for parameters, where they differ from the parameter's name
@@ -239,14 +331,15 @@ def add_options(p:argparse.ArgumentParser, f, # Function whose parameters (annot
     return p
 
 # %% ../nbs/19_cli.ipynb #010b3916
-_delegated = dict(audit=('finetune_nb.audit', 'audit_main', "Audit a labelled data set: label errors, duplicates, outliers (see `finetune_nb audit --help`)"),
-                  update=('finetune_nb.update', 'update_main', "Update a fine-tuned model with new data (see `finetune_nb update --help`)"))
+_commands = dict(audit=(audit, "Audit a labelled data set: label errors, duplicates, leaks, outliers, class balance"))
+_delegated = dict(update=('finetune_nb.update', 'update_main', "Update a fine-tuned model with new data (see `finetune_nb update --help`)"))
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='finetune_nb', description="Fine-tune pretrained PyTorch models with fastai")
     sub = p.add_subparsers(dest='cmd', metavar='command')
     d = sub.add_parser('demo', help="Fine-tune the offline EfficientNet-Lite0 on handwritten digits", description=demo.__doc__)
     add_options(d, demo, flags=dict(n_groups='groups'))
+    for cmd,(f,help) in _commands.items(): add_options(sub.add_parser(cmd, help=help, description=f.__doc__), f)
     for cmd,(_,_,help) in _delegated.items(): sub.add_parser(cmd, help=help, add_help=False)  # they parse their own options
     r = sub.add_parser('readme', help="Write README.md from nbs/index.ipynb (run in the repository)")
     r.add_argument('--check', action='store_true', help="only check that README.md is up to date")
@@ -284,6 +377,13 @@ def _readme(check:bool) -> int:
     if readme.exists() and readme.read_text() == md: print("README.md is up to date"); return 0
     print("README.md differs from nbs/index.ipynb: run `finetune_nb readme`", file=sys.stderr); return 1
 
+# %% ../nbs/19_cli.ipynb #ff67b1e8
+def _run(cmd:str, f, args) -> int:
+    "Run command `cmd` as `f` with the parsed `args`: its exit status, with one line on stderr for a `CLIError`"
+    try: return f(**{k:getattr(args, k) for k in inspect.signature(f).parameters}) or 0
+    except CLIError as e: print(f"finetune_nb {cmd}: error: {e}", file=sys.stderr); return 2
+    except KeyboardInterrupt: return 130
+
 # %% ../nbs/19_cli.ipynb #036bc110
 def _on_sigterm(signum, frame):
     "SIGTERM raises `Terminated` where the demo is, once: a second one during the clean-up is ignored"
@@ -295,7 +395,7 @@ def _demo_main(args) -> int:
     try: old = signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError: old = None  # not the main thread: leave signals alone
     try: demo(**{k:getattr(args, k) for k in inspect.signature(demo).parameters})
-    except (DemoError, ValueError) as e:  # a `CheckpointError` is a `ValueError`
+    except (CLIError, ValueError) as e:  # a `CheckpointError` is a `ValueError`
         print(f"finetune_nb demo: error: {e}", file=sys.stderr); return 2
     except DemoStopped as e: print(f"finetune_nb demo: {e}", file=sys.stderr); return e.status
     except KeyboardInterrupt as e:
@@ -317,5 +417,6 @@ def main(argv=None):
     if args.cmd == 'docs':
         from finetune_nb.docs import build_docs
         print(f"Wrote {build_docs('nbs', args.dest)/'index.html'}"); return 0
+    if args.cmd in _commands: return _run(args.cmd, _commands[args.cmd][0], args)
     if args.cmd != 'demo': p.print_help(); return 0 if args.cmd is None else 2
     return _demo_main(args)

@@ -96,9 +96,9 @@ def test_cli_bad_option_one_line(args, msg, tmp_path):
     assert not (tmp_path/'out'/'audit.html').exists()
 
 def test_audit_main_in_process(tmp_path, capsys):
-    "`audit_main` returns the status (the lead's `finetune_nb` CLI calls it) and writes one line for bad input"
-    from finetune_nb.audit import audit_main
-    assert audit_main(['--data', str(tmp_path/'nope'), '--out', str(tmp_path/'o')]) == 2
+    "`main(['audit', ...])` returns the status and writes one line for bad input"
+    from finetune_nb.cli import main
+    assert main(['audit', '--data', str(tmp_path/'nope'), '--out', str(tmp_path/'o')]) == 2
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'no such folder' in err
 

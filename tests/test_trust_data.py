@@ -193,7 +193,8 @@ def write_images(root:Path, classes=('a', 'b'), n=6) -> Path:
     return root
 
 def test_symlink_loop_not_followed(tmp_path):
-    from finetune_nb.audit import image_files, image_folder_problem, _audit_options, _audit_dls
+    from finetune_nb.audit import image_files, image_folder_problem
+    from finetune_nb.cli import _audit_checks, _audit_dls
     d = write_images(tmp_path/'d')
     outside = write_images(tmp_path/'outside', classes=('x',), n=3)
     os.symlink(d/'a', d/'a'/'sub')                       # a loop
@@ -204,6 +205,6 @@ def test_symlink_loop_not_followed(tmp_path):
     text = ' '.join(notes)
     assert 'a/sub' in text and 'stray.png' in text and len(notes) == 2, notes
     assert image_folder_problem(d) is None
-    a,_ = _audit_options(['--data', str(d), '--out', str(tmp_path/'out')])
-    dls,notes2 = _audit_dls(a)
+    _audit_checks(str(d), noise=0., size=64, bs=64, folds=5, valid_pct=0.2, top=10)
+    dls,notes2 = _audit_dls(str(d), size=64, bs=64, valid_pct=0.2, seed=0)
     assert len(dls.train_ds) + len(dls.valid_ds) == 12 and list(dls.vocab) == ['a', 'b'] and notes2 == notes
