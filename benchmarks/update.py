@@ -11,7 +11,7 @@ one-cycle at 1e-2). Then, from the same weights, per scenario and seed:
 - `update`: `learn.update(new)` with every default (replay 500 items chosen by class and repeated to balance the classes,
   `UpdateGate()`, default schedule: head 1 epoch one-cycle, then all groups 3 epochs `flat_cos` at ULMFiT rates from
   1e-2). When the gate rejects, the model is the one from before: the summary's "kept model" columns count that;
-- `bad`: `learn.update(new, lr_max=1.0)`, 100 times the default rate, with `DivergenceGuard(factor=None)` (it stops
+- `bad`: `learn.update(new, lr_max=1.0)`, 100 times the default rate, with `DivergenceGuard(max_ratio=None)` (it stops
   NaN and inf only), so that the gate alone must catch it: it must reject it, and the model must then equal the backup
   bit for bit (`torch.equal` on every state-dict tensor);
 - `bad+guard`: the same with finetune_nb's default guard, which stops a loss that explodes and loads back the fit's
@@ -48,7 +48,7 @@ METHODS = {  # name: keyword arguments of `learn.update`
     'naive':     lambda: dict(replay=0, gate=None),
     'replay':    lambda: dict(gate=None),
     'update':    lambda: dict(),
-    'bad':       lambda: dict(lr_max=1.0, cbs=DivergenceGuard(factor=None, verbose=False)),
+    'bad':       lambda: dict(lr_max=1.0, cbs=DivergenceGuard(max_ratio=None, verbose=False)),
     'bad+guard': lambda: dict(lr_max=1.0),
     # ablations of the defaults, without the gate (not run by default: `--methods update no-balance one-cycle`)
     'no-balance': lambda: dict(gate=None, balance=False),

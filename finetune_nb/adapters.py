@@ -322,7 +322,7 @@ def adapt_for_resume(learn:Learner, schedule:Schedule, ckpt_dir:str|Path|None=No
     f = Path(ckpt_dir or default_ckpt_dir(learn))/'resume.pth'
     if not f.exists() or not uses_adapters(schedule): return
     st = read_checkpoint(f)
-    if st.get('info', {}).get('schedule') != schedule.to_dict(): return  # `RunCheckpoints` says why it cannot resume
+    if not same_schedule(st.get('info', {}).get('schedule'), schedule): return  # `RunCheckpoints` says why it cannot resume
     set_adapters(learn, schedule_layout(learn, schedule, st['meta']['phase']), merge=False)
 
 # %% ../nbs/09a_adapters.ipynb #a766b05a

@@ -327,7 +327,7 @@ def _read_resume(self:RunCheckpoints) -> dict|None:
     f = self.dir.path/'resume.pth'
     if not f.exists(): return None
     st = read_checkpoint(f)
-    if st.get('info', {}).get('schedule') != self.schedule.to_dict():
+    if not same_schedule(st.get('info', {}).get('schedule'), self.schedule):
         raise ValueError(f"{f} was saved by a run of a different schedule: resume with the same schedule, "
                          "or start a new run (resume=False, or another ckpt_dir)")
     check_fits(st['model'], self.learn.model, f"The resume state {f}")

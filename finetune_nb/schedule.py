@@ -16,8 +16,8 @@ from .discriminative import *
 
 # %% auto #0
 __all__ = ['lr_policies', 'fit_scheds', 'adapter_policies', 'lora_defaults', 'max_schedule_bytes', 'Phase', 'policy_spec',
-           'Schedule', 'recorded_names', 'FineTuneLog', 'running_phase', 'phase_label', 'progressive_schedule',
-           'plot_fine_tune']
+           'Schedule', 'same_schedule', 'recorded_names', 'FineTuneLog', 'running_phase', 'phase_label',
+           'progressive_schedule', 'plot_fine_tune']
 
 # %% ../nbs/04_schedule.ipynb #bf6943ae
 lr_policies = ('ulmfit', 'layer_decay', 'slice', 'flat')
@@ -189,6 +189,15 @@ def from_dict(cls:Schedule, d:dict):
                           "read as `top`; save it again to write `top`", FutureWarning)
     if d.get('patience') is not None: d['patience'] = _number(d['patience'], 'patience', 'The schedule', integer=True)
     return cls(**{**d, 'phases': phases})
+
+# %% ../nbs/04_schedule.ipynb #3ed104ba
+def same_schedule(saved, sch:Schedule) -> bool:
+    "Whether `saved`, a schedule as `to_dict` wrote it (before `top` too), is `sch`: what a run checks before it resumes"
+    if not isinstance(saved, dict): return False
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', FutureWarning)  # an old run's schedule is only compared here, not loaded to run
+        try: return Schedule.from_dict(saved) == sch
+        except (ValueError, TypeError): return False
 
 # %% ../nbs/04_schedule.ipynb #e31587cd
 @patch
