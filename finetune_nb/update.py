@@ -24,7 +24,7 @@ __all__ = ['update_steps', 'PartAccuracy', 'gate_table', 'UpdateGate', 'update_s
            'UpdateCLIError', 'update_parser', 'update_cli', 'update_main', 'ModelRegistry', 'RegistryError', 'ItemSet',
            'DriftReport']
 
-# %% ../nbs/18b_update.ipynb #b4ff595c
+# %% ../nbs/18b_update.ipynb #ab7f3a7b
 def _check_item(it, what:str):
     "Raise a clear error unless `it` is an item of tensor inputs and one integer label"
     if not isinstance(it, tuple) or len(it) < 2: raise ValueError(f"{what}: each item must be a tuple of inputs and a label, got {type(it).__name__}")
@@ -33,7 +33,7 @@ def _check_item(it, what:str):
         raise ValueError(f"{what}: update needs single-label classification data (one integer label per item), got the label {y!r:.60}")
     if not isinstance(it[0], Tensor): raise ValueError(f"{what}: the inputs must be tensors once the loader's item transforms ran, got {type(it[0]).__name__}")
 
-# %% ../nbs/18b_update.ipynb #7f516af3
+# %% ../nbs/18b_update.ipynb #96851b60
 def _check_new(new_dls) -> tuple:
     "The first training item of `new_dls`, after checking that it has training and validation items of the right kind"
     if not isinstance(new_dls, DataLoaders) or len(new_dls.loaders) < 2:
@@ -44,7 +44,7 @@ def _check_new(new_dls) -> tuple:
         _check_item(dl.do_item(0), f"The new {what} data")
     return new_dls.train.do_item(0)
 
-# %% ../nbs/18b_update.ipynb #c0983e75
+# %% ../nbs/18b_update.ipynb #b713ac13
 def _joint_classes(old_vocab:list, new_dls) -> tuple[list, Tensor]:
     "The old classes then the new data's other classes, and the map from the new data's labels to them"
     ys = np.concatenate([item_labels(new_dls.train.dataset), item_labels(new_dls.valid.dataset)])
@@ -52,14 +52,14 @@ def _joint_classes(old_vocab:list, new_dls) -> tuple[list, Tensor]:
     vocab = old_vocab + [n for i,n in enumerate(names) if i in present and n not in old_vocab]
     return vocab, torch.tensor([vocab.index(n) if i in present else -1 for i,n in enumerate(names)])
 
-# %% ../nbs/18b_update.ipynb #26ee9084
+# %% ../nbs/18b_update.ipynb #ca142630
 def _balanced(kept:ItemSet, new_labels:np.ndarray) -> np.ndarray:
     "Indices into `kept` that repeat it (cyclically, up to as many items as the new data) until its classes weigh as much as the new data's"
     per_new = len(new_labels)/max(len(np.unique(new_labels)), 1)
     per_kept = len(kept)/max(len(np.unique(kept.labels.numpy())), 1)
     return np.arange(min(max(len(kept), round(len(kept)*per_new/per_kept)), max(len(kept), len(new_labels)))) % len(kept)
 
-# %% ../nbs/18b_update.ipynb #be88183b
+# %% ../nbs/18b_update.ipynb #0d079940
 class _UpdateDS:
     "The new training items, through their loader's item transforms and with labels of the joint classes, then the replayed items"
     def __init__(self, dl:DataLoader, lut:Tensor, kept:ItemSet|None, vocab:list, balance:bool=True):
@@ -92,7 +92,7 @@ class PartAccuracy(Metric):
     @property
     def name(self): return self._name
 
-# %% ../nbs/18b_update.ipynb #1e103ceb
+# %% ../nbs/18b_update.ipynb #50d3ede9
 def _predict(learn:Learner, dl) -> tuple[Tensor, Tensor]:
     "Predicted classes and labels of every item of `dl`, in order (without the loss: the labels may be classes the model lacks yet)"
     m,preds,ys = learn.model,[],[]
@@ -103,7 +103,7 @@ def _predict(learn:Learner, dl) -> tuple[Tensor, Tensor]:
     finally: m.train(was)
     return torch.cat(preds).as_subclass(Tensor), torch.cat(ys).as_subclass(Tensor)
 
-# %% ../nbs/18b_update.ipynb #40b5822a
+# %% ../nbs/18b_update.ipynb #03b133fe
 _data_keys = ('fingerprint', 'n_train', 'n_valid', 'n_seen', 'class_counts')
 
 @dataclass
@@ -115,7 +115,7 @@ class _Known:
     data:dict # The record of the data seen (`_data_keys`); `n_seen` and `class_counts` count every item seen so far
     version:str|None = None # Its version in the registry, if it has one
 
-# %% ../nbs/18b_update.ipynb #41cfdf3f
+# %% ../nbs/18b_update.ipynb #3074a62c
 def _known_from_dls(learn:Learner, head:str, n_replay:int, by:str, n_holdout:int, seed:int, src:str='learn.dls') -> _Known:
     "What the model knows, from `learn.dls`, the data it was trained on: training items to replay, validation items to check"
     dls = learn.dls
@@ -131,13 +131,13 @@ def _known_from_dls(learn:Learner, head:str, n_replay:int, by:str, n_holdout:int
                 class_counts=np.bincount(ytr, minlength=n_out).tolist())
     return _Known(vocab, pool, holdout, data)
 
-# %% ../nbs/18b_update.ipynb #20881887
+# %% ../nbs/18b_update.ipynb #0445b87e
 def _current_version(learn:Learner, reg:ModelRegistry|None) -> dict|None:
     "The registry's current version, loaded, if it holds exactly the learner's weights"
     if reg is None or reg.current is None or reg.latest['weights'] != weights_fingerprint(learn.model.state_dict()): return None
     return reg.load()
 
-# %% ../nbs/18b_update.ipynb #564c832e
+# %% ../nbs/18b_update.ipynb #7f35d7de
 def _known(learn:Learner, reg:ModelRegistry|None, head:str, n_replay:int, by:str, n_holdout:int, seed:int) -> _Known:
     "What the model knows: from its version in the registry if that keeps a holdout and the record of its data, else from `learn.dls`"
     d = _current_version(learn, reg)
@@ -148,7 +148,7 @@ def _known(learn:Learner, reg:ModelRegistry|None, head:str, n_replay:int, by:str
     k = _known_from_dls(learn, head, n_replay, by, n_holdout, seed, f"version {vid} of {reg.path} keeps no holdout, and learn.dls")
     return _Known(d['vocab'], ifnone(d['replay'], k.replay_items), k.holdout_items, k.data, vid)  # a minimal version: its classes, the rest from learn.dls
 
-# %% ../nbs/18b_update.ipynb #370b5848
+# %% ../nbs/18b_update.ipynb #e401ed77
 def _next_sample(known:_Known, new_items, new_labels:np.ndarray, n:int, by:str, seed:int) -> ItemSet|None:
     "`n` of the old replay sample and the new training items (`new_items(idxs)` gives them), for the next update"
     pool = known.replay_items
@@ -178,7 +178,7 @@ def gate_table(classes:list, # Class names, indexed by label
                      n_new=len(new_y), new_before=_acc(new_before, new_y), new_after=_acc(new_after, new_y)))
     return pd.DataFrame(rows).set_index('cls')
 
-# %% ../nbs/18b_update.ipynb #084d8442
+# %% ../nbs/18b_update.ipynb #fd47e5e2
 @dataclass(frozen=True)
 class UpdateGate:
     "When an updated model is kept: old-data accuracy holds, overall and per class, and new-data accuracy improves"
@@ -192,7 +192,7 @@ class UpdateGate:
             v = getattr(self, k)
             if not isinstance(v, (int, float)) or not 0 <= v <= 1: raise ValueError(f"UpdateGate: {k} must be between 0 and 1, got {v!r}")
 
-# %% ../nbs/18b_update.ipynb #cb54be11
+# %% ../nbs/18b_update.ipynb #2e57d940
 @patch
 def reasons(self:UpdateGate, t:pd.DataFrame) -> list:
     "Why the update whose `gate_table` is `t` must be rolled back: empty if it passes"
@@ -217,7 +217,7 @@ def update_schedule(epochs:int=3, # Epochs with every group training
     return Schedule([Phase(top=1, epochs=head_epochs, lr_max=lr_max, name='head'),
                      Phase(top='all', epochs=epochs, lr_max=lr_max, factor=factor, sched=sched, name='all')])
 
-# %% ../nbs/18b_update.ipynb #08ebb37f
+# %% ../nbs/18b_update.ipynb #ef67db75
 class UpdateResult:
     "What an update did: kept or rolled back and why, the gate's table, the drift report, the training history, the versions"
     def __init__(self, kept:bool, reasons:list, table:pd.DataFrame, drift, history, version, backup, attempt, vocab, seconds, notes=()): store_attr()
@@ -231,7 +231,7 @@ class UpdateResult:
         return res + ''.join(f"\n  - {r}" for r in self.reasons) + ''.join(f"\n  Note: {n}" for n in self.notes)
     def __repr__(self): return self.summary() + "\n" + pct_table(self.table)
 
-# %% ../nbs/18b_update.ipynb #fe4831cb
+# %% ../nbs/18b_update.ipynb #c6a191bd
 def pct_table(t:pd.DataFrame) -> str:
     "A gate table as text, accuracies in percent"
     t = t.copy()
@@ -239,14 +239,14 @@ def pct_table(t:pd.DataFrame) -> str:
         if c.startswith(('old_', 'new_')): t[c] = t[c].map(lambda v: '' if pd.isna(v) else f"{v:.1%}")
     return t.to_string()
 
-# %% ../nbs/18b_update.ipynb #62598ae0
+# %% ../nbs/18b_update.ipynb #3acc8f13
 def _registry(learn:Learner, registry) -> ModelRegistry|None:
     "The registry of `update`'s `registry` argument: `False` none, `None` the learner's default folder, else the registry or its folder"
     if registry is False: return None
     if isinstance(registry, ModelRegistry): return registry
     return ModelRegistry(ifnone(registry, Path(learn.path)/learn.model_dir/'versions'))
 
-# %% ../nbs/18b_update.ipynb #d2fe5acd
+# %% ../nbs/18b_update.ipynb #d1d18089
 @dataclass
 class _Backup:
     "Everything a rollback puts back, copied: the weights, the classifier module, which parameters train, the data, metrics, optimiser"
@@ -267,12 +267,12 @@ class _Backup:
         learn.dls,learn.metrics,learn.opt = self.dls,self.metrics,self.opt
         if self.train_bn is not None: learn.train_bn = self.train_bn
 
-# %% ../nbs/18b_update.ipynb #93a8fa71
+# %% ../nbs/18b_update.ipynb #e194d592
 def _same_weights(model:nn.Module, sd:dict) -> bool:
     own = model.state_dict()
     return own.keys() == sd.keys() and all(torch.equal(own[k], sd[k]) for k in sd)
 
-# %% ../nbs/18b_update.ipynb #53c90e7a
+# %% ../nbs/18b_update.ipynb #8eca8bab
 @dataclass
 class _Update:
     "One update of `learn` on `new_dls`, step by step: each step keeps what it found for the next"
@@ -284,7 +284,7 @@ class _Update:
     holdout:int = 1000 # Validation items to keep with the new version, for the next gate
     seed:int = 0 # Seed of the samples
 
-# %% ../nbs/18b_update.ipynb #2890082b
+# %% ../nbs/18b_update.ipynb #7353620b
 @patch
 def prepare(self:_Update):
     "Check the new data and the registry; gather what the model knows, the joint classes and the new training labels among them"
@@ -300,7 +300,7 @@ def prepare(self:_Update):
     self.report = None
     return self
 
-# %% ../nbs/18b_update.ipynb #5ca861b5
+# %% ../nbs/18b_update.ipynb #f5af3bf8
 @patch
 def drift(self:_Update) -> DriftReport:
     "Drift of (at most 500 of) the new training items from the old validation items, in the model's embedding; and the label shift"
@@ -313,7 +313,7 @@ def drift(self:_Update) -> DriftReport:
     self.report = DriftReport(table, overall, *label_shift(k.data['class_counts'], counts, self.vocab))
     return self.report
 
-# %% ../nbs/18b_update.ipynb #43d213e0
+# %% ../nbs/18b_update.ipynb #0307d454
 @patch
 def look(self:_Update):
     "The gate's validation items (the old holdout, then the new validation items) and the current model's predictions on them"
@@ -322,7 +322,7 @@ def look(self:_Update):
     self.pred0,self.y = _predict(self.learn, _loader(self.valid_items, self.new_dls.valid, shuffle=False))
     return self
 
-# %% ../nbs/18b_update.ipynb #7155abed
+# %% ../nbs/18b_update.ipynb #37275885
 @patch
 def back_up(self:_Update, opt):
     "Keep in memory what a rollback puts back (`opt`: the optimiser the learner had); commit the model first if the registry lacks it"
@@ -333,7 +333,7 @@ def back_up(self:_Update, opt):
                                       metrics=dict(old_after=_acc(self.pred0[:n_old], self.y[:n_old])), note='backup before an update')['id']
     return self
 
-# %% ../nbs/18b_update.ipynb #f8977464
+# %% ../nbs/18b_update.ipynb #b1a03385
 @patch
 def train(self:_Update, sch:Schedule, cbs=None, balance:bool=True, seed:int|None=None):
     "Grow the head, train on the new and the replayed items, validate on the joint set; on any error (Ctrl-C too) roll back first"
@@ -356,7 +356,7 @@ def train(self:_Update, sch:Schedule, cbs=None, balance:bool=True, seed:int|None
     self.notes = [f"training was stopped early: {learn.diverged}"] if getattr(learn, 'diverged', None) else []
     return self
 
-# %% ../nbs/18b_update.ipynb #4a4d1158
+# %% ../nbs/18b_update.ipynb #813b0692
 @patch
 def judge(self:_Update, gate:UpdateGate|None) -> list:
     "The gate's table of the model before and after, and its reasons to roll back (none without a gate)"
@@ -366,7 +366,7 @@ def judge(self:_Update, gate:UpdateGate|None) -> list:
     self.reasons = [] if gate is None else gate.reasons(self.table) + ([] if finite else ["the updated weights hold NaN or inf"])
     return self.reasons
 
-# %% ../nbs/18b_update.ipynb #628a44f7
+# %% ../nbs/18b_update.ipynb #3c8d2aa3
 @patch
 def _record(self:_Update, sch:Schedule, gate:UpdateGate|None, note:str) -> dict:
     "What the registry's index records of this update: the data seen, the schedule, the drift, the metrics, the gate"
@@ -380,7 +380,7 @@ def _record(self:_Update, sch:Schedule, gate:UpdateGate|None, note:str) -> dict:
                              classes=t.reset_index().to_dict('records')),
                 gate=dict(dataclasses.asdict(gate), reasons=self.reasons) if gate is not None else None)
 
-# %% ../nbs/18b_update.ipynb #a0f3ffe4
+# %% ../nbs/18b_update.ipynb #135b4274
 @patch
 def settle(self:_Update, sch:Schedule, gate:UpdateGate|None, note:str=''):
     "Roll back (recording the attempt) or commit the updated model with its next replay sample and holdout"
@@ -397,14 +397,14 @@ def settle(self:_Update, sch:Schedule, gate:UpdateGate|None, note:str=''):
         self.version = self.reg.commit(learn.model, self.head, self.vocab, parent=self.parent, replay_items=pool, holdout_items=hold, **rec)['id']
     return self
 
-# %% ../nbs/18b_update.ipynb #a11ccae3
+# %% ../nbs/18b_update.ipynb #8bcb1ed5
 @patch
 def result(self:_Update, seconds:float) -> UpdateResult:
     "What the update did, as an `UpdateResult`"
     return UpdateResult(not self.reasons, self.reasons, self.table, self.report, self.history, ifnone(self.version, self.parent),
                         self.parent, self.attempt, self.vocab, seconds, self.notes)
 
-# %% ../nbs/18b_update.ipynb #c5181711
+# %% ../nbs/18b_update.ipynb #33a7dcf9
 @patch
 def drift_report(self:Learner, new_dls:DataLoaders, # Newly arrived data
                  registry:ModelRegistry|str|Path|None=None, # As for `update`: the old data come from its current version if that is this model
@@ -413,7 +413,7 @@ def drift_report(self:Learner, new_dls:DataLoaders, # Newly arrived data
     "How `new_dls` differ from the data the model was trained on, in its embedding and in the shares of the classes, without training"
     return _Update(self, new_dls, _registry(self, registry), 0, 'class', holdout, seed).prepare().drift()
 
-# %% ../nbs/18b_update.ipynb #cc6323b1
+# %% ../nbs/18b_update.ipynb #05f8c068
 def _check_update_args(replay, replay_by:str, holdout, gate:UpdateGate|None):
     "Raise a clear error for an argument of `update` that cannot work"
     if not isinstance(replay, (int, np.integer)) or replay < 0: raise ValueError(f"replay must be a number of items (0 or more), got {replay!r}")
@@ -421,7 +421,7 @@ def _check_update_args(replay, replay_by:str, holdout, gate:UpdateGate|None):
     if not isinstance(holdout, (int, np.integer)) or holdout < 1: raise ValueError(f"holdout must be a positive number of items, got {holdout!r}")
     if gate is not None: gate.check_settings()
 
-# %% ../nbs/18b_update.ipynb #1bbd1628
+# %% ../nbs/18b_update.ipynb #d62c7310
 @patch
 def update(self:Learner, new_dls:DataLoaders, # The newly arrived data: training and validation items
            registry:ModelRegistry|str|Path|None=None, # Registry or its folder (default `learn.path/learn.model_dir/'versions'`); `False`: none
@@ -448,13 +448,16 @@ def update(self:Learner, new_dls:DataLoaders, # The newly arrived data: training
     u.judge(gate)
     return u.settle(sch, gate, note).result(time.time()-t0)
 
-# %% ../nbs/18b_update.ipynb #6798b3cf
+# %% ../nbs/18b_update.ipynb #d57c01b5
+_all_ = ['ModelRegistry', 'RegistryError', 'ItemSet', 'DriftReport']
+
+# %% ../nbs/18b_update.ipynb #c96d3e40
 update_steps = ('thick', 'small', 'classes')
 
 class UpdateCLIError(Exception):
     "A bad option of `finetune_nb update`"
 
-# %% ../nbs/18b_update.ipynb #ee346b5f
+# %% ../nbs/18b_update.ipynb #ebbcf2f9
 def update_parser(p:argparse.ArgumentParser|None=None) -> argparse.ArgumentParser:
     "The options of `finetune_nb update`, added to `p` (e.g. a subcommand's parser)"
     p = ifnone(p, argparse.ArgumentParser(prog='finetune_nb update', description=update_cli.__doc__))
@@ -472,7 +475,7 @@ def update_parser(p:argparse.ArgumentParser|None=None) -> argparse.ArgumentParse
     p.add_argument('--quiet', action='store_true', help="no progress bars")
     return p
 
-# %% ../nbs/18b_update.ipynb #ae62b357
+# %% ../nbs/18b_update.ipynb #9240e645
 def _update_options(a) -> dict:
     "Check every option of `finetune_nb update` before any work; raise an `UpdateCLIError` naming the bad one"
     steps = [s.strip() for s in a.steps.split(',') if s.strip()]
@@ -497,7 +500,7 @@ def _update_options(a) -> dict:
     except OSError as e: raise UpdateCLIError(f"--out {out}: cannot write there ({e.strerror or e})") from None
     return dict(steps=steps, out=out, device=dev)
 
-# %% ../nbs/18b_update.ipynb #60ae3319
+# %% ../nbs/18b_update.ipynb #deccaee1
 def _plan(steps:list, digits:list) -> list:
     "The digits known after each step, or an `UpdateCLIError` for a step that cannot run"
     res = []
@@ -508,7 +511,7 @@ def _plan(steps:list, digits:list) -> list:
         res.append(digits)
     return res
 
-# %% ../nbs/18b_update.ipynb #9aeff4f3
+# %% ../nbs/18b_update.ipynb #7f08fb59
 def _cli_learner(arch:str, n_out:int, dls, device) -> Learner:
     if arch == 'cnn': model = DigitCNN(n_out)
     else:
@@ -517,7 +520,7 @@ def _cli_learner(arch:str, n_out:int, dls, device) -> Learner:
     return Learner(dls, model.to(device), loss_func=CrossEntropyLossFlat(), metrics=accuracy,
                    splitter=auto_splitter if arch == 'cnn' else partial(auto_splitter, n_groups=4))
 
-# %% ../nbs/18b_update.ipynb #f7ec298c
+# %% ../nbs/18b_update.ipynb #cd7f1c52
 _step_text = dict(thick='the same digits written with thicker strokes', small='the same digits written smaller',
                   classes='the digits 5-9, never seen before')
 
@@ -560,6 +563,3 @@ def update_main(argv=None) -> int:
     except (UpdateCLIError, RegistryError, FolderInUse) as e:  # `FolderInUse`: another process kept the registry's lock
         print(f"finetune_nb update: error: {e}", file=sys.stderr); return 2
     except KeyboardInterrupt: return 130
-
-# %% ../nbs/18b_update.ipynb #5e800cec
-_all_ = ['ModelRegistry', 'RegistryError', 'ItemSet', 'DriftReport']
