@@ -19,7 +19,10 @@ def test_two_readme_commands():
 
 def test_ci_runs_the_readme_test_command_verbatim():
     test_cmd = readme_commands((root/'README.md').read_text())[1]
-    assert test_cmd in (root/'.ci'/'run').read_text().splitlines()
+    lines = (root/'.ci'/'run').read_text().splitlines()
+    assert test_cmd in lines
+    # bash's errexit ignores a failure before the last `&&` of a line: CI must check the line's status itself
+    assert lines[lines.index(test_cmd)+1].startswith('status=$?'), lines[lines.index(test_cmd)+1]
 
 def test_constraints_pin_the_toolchain():
     c = (root/'constraints.txt').read_text()

@@ -11,7 +11,9 @@ script = Path(__file__).parent/'resume_script.py'
 TIMEOUT = 300
 
 def start(ckpt, out, *args):
-    return subprocess.Popen([sys.executable, str(script), str(ckpt), str(out), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    "`tests/resume_script.py` training with checkpoints in `ckpt`, in a process of its own (one thread); its output (`out`.json, `out`.pth)"
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    return subprocess.Popen([sys.executable, str(script), str(ckpt), str(out), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 def wait_for(cond, p, what):
     t0 = time.time()

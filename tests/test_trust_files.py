@@ -1,19 +1,9 @@
 """Checkpoint folders are data (#10): a run never deletes or reads outside the folder it was given, and two runs given the
 same folder (two demos with the same `--out`) do not clear each other's checkpoints."""
-import json, os, subprocess, sys, time, warnings
-from pathlib import Path
+import json, time
 import pytest, torch
 
-script = Path(__file__).parent/'resume_script.py'
-TIMEOUT = 300
-
-def start(ckpt, out, *args):
-    env = dict(os.environ, OMP_NUM_THREADS='1')
-    return subprocess.Popen([sys.executable, str(script), str(ckpt), str(out), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-
-def resume_entry(ckpt):
-    try: return json.loads((ckpt/'manifest.json').read_text())['checkpoints'].get('resume')
-    except FileNotFoundError: return None
+from test_resume import TIMEOUT, start, resume_entry  # the run of tests/resume_script.py, in a process of its own
 
 def test_two_runs_in_one_explicit_folder(tmp_path):
     "The later run, while the earlier one is alive and owns the folder, keeps its checkpoints beside it and says so"
