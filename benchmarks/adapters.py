@@ -63,9 +63,9 @@ def text_schedule(method, n):
     from finetune_nb.adapters import lora_schedule
     ld = dict(lrs='layer_decay', decay=0.75)
     head = Phase(1, 1, 1e-2, name='head')
-    if method == 'full': return Schedule([head, Phase('all', 2, 3e-4, **ld, name='all full')], bn_policy='frozen')
-    if method == 'lora': return Schedule([head, Phase(1, 2, 2e-3, **ld, policy={'all': lora(), 'head': 'full'}, name='all lora')], bn_policy='frozen')
-    sch = lora_schedule(n, epochs=1, lr_max=2e-3, top=3, r=8, alpha=16, bn_policy='frozen', **ld)
+    if method == 'full': return Schedule([head, Phase('all', 2, 3e-4, **ld, name='all full')], bn_policy='eval')
+    if method == 'lora': return Schedule([head, Phase(1, 2, 2e-3, **ld, policy={'all': lora(), 'head': 'full'}, name='all lora')], bn_policy='eval')
+    sch = lora_schedule(n, epochs=1, lr_max=2e-3, top=3, r=8, alpha=16, bn_policy='eval', **ld)
     sch.phases[0].lr_max,sch.phases[0].lrs = 1e-2,'ulmfit'
     return sch
 

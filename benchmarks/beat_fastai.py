@@ -9,7 +9,7 @@ Tasks (each method trains the same number of epochs on a task, one torch thread,
   - `own`: the own-model transfer of `nbs/tutorial_own_model.ipynb` (a small CNN pretrained on digits 0-4, moved to
     5-9 with 5 labels per class, 16 px, 5 groups from `auto_splitter`);
   - `minilm`: all-MiniLM-L6-v2 on the 320-sentence topic data as `nbs/tutorial_transformers.ipynb` loads it, split
-    into 4 groups by `AutoSplitter(4)` (no BatchNorm: 'adapt' is 'frozen' there, LayerNorm frozen in frozen groups);
+    into 4 groups by `AutoSplitter(4)` (no BatchNorm: 'adapt' is 'eval' there, LayerNorm frozen in frozen groups);
   - `digits_full`: EfficientNet-Lite0 on the full digits (about 144 labels per class), at `--full-size` px.
 Methods:
   - `fastai 2e-3`: fastai's `fine_tune(E-1)` at its default `base_lr=2e-3` (one frozen epoch, then E-1 unfrozen);
@@ -157,7 +157,7 @@ def preset(name):
     return fn
 
 METHODS = {'fastai 2e-3': fastai_ft(2e-3), 'fastai valley': fastai_ft('valley'),
-           'ftp train': ftp('train'), 'ftp frozen': ftp('frozen'), 'ftp adapt': ftp('adapt'),
+           'ftp train': ftp('train'), 'ftp eval': ftp('eval'), 'ftp adapt': ftp('adapt'),
            'ftp@1e-2 train': ftp('train', 1e-2), 'ftp@1e-2 adapt': ftp('adapt', 1e-2),
            'lp_ft': preset('lp_ft'), 'auto': preset('auto'), 'demo': smoothed(demo_ce), 'demo ce': demo_ce, 'scratch': scratch,
            'fastai 2e-3 ls': smoothed(fastai_ft(2e-3)), 'fastai valley ls': smoothed(fastai_ft('valley')), 'ftp adapt ls': smoothed(ftp('adapt')),

@@ -6,14 +6,14 @@
 
 Part `frozen`: on the demo task (EfficientNet-Lite0, digits at 64px) and on a larger setting (the same network at
 128px, 4x the pixels), three head-only fits of `--epochs` epochs each:
-  - `cached`:   finetune_nb with the 'frozen' BatchNorm policy; `FeatureCache` on (the default);
+  - `cached`:   finetune_nb with the 'eval' BatchNorm policy; `FeatureCache` on (the default);
   - `uncached`: the same, `FeatureCache(enabled=False)`;
   - `fastai`:   fastai's own frozen epoch as `fine_tune` runs it: `freeze()` with fastai's default of training the
                 norm layers of frozen groups (`train_bn=True`), `fit_one_cycle`.
 The first epoch of `cached` includes building the cache; later epochs use it. Reported: seconds of the first and the
 median later epoch, and the peak resident memory of the process above its level before the fit.
 Part `whole`: whole fine-tunes on the demo task, same 6 epochs, seeds `--seeds`: fastai's `fine_tune(5, 1e-2)`,
-finetune_nb's progressive schedule with BatchNorm policy 'train' (the demo's default) and 'frozen' (cached phases).
+finetune_nb's progressive schedule with BatchNorm policy 'train' (the demo's default) and 'eval' (cached phases).
 """
 import argparse, time, threading, warnings, statistics, os
 import pandas as pd, psutil, torch
@@ -50,7 +50,7 @@ def learner(size, device, cache=True, bs=64, seed=0):
 
 def frozen(method, size, epochs, device):
     learn = learner(size, device, cache=method == 'cached')
-    learn.set_bn_policy('train' if method == 'fastai' else 'frozen')
+    learn.set_bn_policy('train' if method == 'fastai' else 'eval')
     learn.freeze()
     with PeakRSS() as m: learn.fit_one_cycle(epochs, 1e-2)
     t = learn.epoch_timer.times
@@ -94,7 +94,7 @@ if __name__ == '__main__':
             log(unfrozen_memory(size, a.device))
     if 'whole' in a.parts:
         for seed in a.seeds:
-            for method in ("fastai fine_tune(5, 1e-2)", "progressive, bn 'train'", "progressive, bn 'frozen'"):
+            for method in ("fastai fine_tune(5, 1e-2)", "progressive, bn 'train'", "progressive, bn 'eval'"):
                 log(whole(method, seed, a.device))
     df = pd.DataFrame(rows)
     if 'frozen' in a.parts:

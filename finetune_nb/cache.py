@@ -194,7 +194,7 @@ class _Stages:
         return self.tensors[n]
 
 # %% ../nbs/06_cache.ipynb #4c39b1a5
-NO_PREFIX = "no frozen prefix: the first layer group trains, or its norm layers do (the 'adapt' or 'frozen' BatchNorm policy fixes them)"
+NO_PREFIX = "no frozen prefix: the first layer group trains, or its norm layers do (the 'adapt' or 'eval' BatchNorm policy fixes them)"
 
 def _group_of(learn):
     "Map each parameter to the index of its layer group (the optimiser's groups: calling the splitter again may cost a forward pass)"
@@ -391,7 +391,7 @@ def compute_estimate(self:Learner, trainable=None, # Groups that train; default:
     first = min([tr[0]] + ([g for g in _norm_groups(self) if g < tr[0]] if bn == 'train' else []))  # 'train': frozen norm layers train
     if cached is None:
         fc = getattr(self, 'feature_cache', None)
-        cached = bool(fc is not None and fc.enabled and not cache_blockers(self) and bn in ('frozen', 'adapt') and first > 0)
+        cached = bool(fc is not None and fc.enabled and not cache_blockers(self) and bn in ('eval', 'adapt') and first > 0)
     fwd = f[first:].sum() if cached else f.sum()
     bwd = sum(2*f[i] if i in tr else f[i] for i in range(first, len(f)))
     return dict(relative=float((fwd+bwd)/(3*f.sum())), first_trained=first, cached=cached)

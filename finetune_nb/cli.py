@@ -198,12 +198,14 @@ def demo(epochs:int=3, # Epochs of the last phase (every group training)
          precision:str='fp32', # fp32, bf16 or fp16 mixed precision (fp16 needs a GPU)
          channels_last:bool=True, # Train in the channels-last memory format (convolutions about 1.5 times faster on a CPU)
          compile:bool=False, # Compile the model with torch.compile
-         bn_policy:str='adapt', # Norm layers of frozen groups: adapt (statistics re-estimated once, then held: frozen phases use the feature cache), train (fastai's), stats or frozen
+         bn_policy:str='adapt', # Norm layers of frozen groups: adapt (statistics re-estimated once, then held: frozen phases use the feature cache), train (fastai's), stats or eval
          label_smoothing:float=0.1, # Label smoothing of the loss (fastai's LabelSmoothingCrossEntropyFlat); 0 for plain cross-entropy
          threads:int|None=None, # Torch CPU threads (default: 1 on 2 cores or fewer, else min(4, cores))
          resume:bool=False, # Continue the run interrupted in --out from its last completed epoch
          quiet:bool=False): # No progress bars
     "Fine-tune the offline EfficientNet-Lite0 on scikit-learn's digits with progressive unfreezing"
+    from finetune_nb.groups import bn_policy_name
+    bn_policy = bn_policy_name(bn_policy)  # --bn-policy frozen: its name before eval
     dev = _check_options(epochs, size, k_shot, lr, n_groups, bs, bn_policy, threads, device, precision, label_smoothing)
     from finetune_nb.data import digits_arrays, digits_split
     n_train = len(digits_split(digits_arrays()[1], 0.2, seed, k_shot)[0])

@@ -11,7 +11,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 # %% auto #0
 __all__ = ['auto_splitter', 'bn_policies', 'span_name', 'layer_groups', 'check_groups', 'AutoSplitter', 'layer_group_names',
-           'group_modules', 'head_module', 'find_head', 'is_adapter', 'resolve_groups', 'fast_layout']
+           'group_modules', 'head_module', 'find_head', 'is_adapter', 'resolve_groups', 'bn_policy_name', 'fast_layout']
 
 # %% ../nbs/02_groups.ipynb #2b63b248
 def _has_params(m:nn.Module): return next(m.parameters(), None) is not None
@@ -363,7 +363,15 @@ def set_trainable(self:Learner, groups, # Groups to train: indices, names, 'all'
         warn(f"Frozen by you, so they stay frozen: {', '.join(self.group_names[i] for i in kept)}")
 
 # %% ../nbs/02_groups.ipynb #c74b2799
-bn_policies = ('train', 'stats', 'frozen', 'adapt')
+bn_policies = ('train', 'stats', 'eval', 'adapt')
+
+# %% ../nbs/02_groups.ipynb #88003481
+def bn_policy_name(v:str) -> str:
+    "The BatchNorm policy `v` as it is called now: 'frozen', its name before 'eval', says so once per calling line"
+    if v != 'frozen': return v
+    warnings.warn("bn_policy='frozen' is now bn_policy='eval' (norm layers of frozen groups in eval mode, statistics held): "
+                  "'frozen' is a phase's policy for a group that does not train", FutureWarning, stacklevel=3)
+    return 'eval'
 
 # %% ../nbs/02_groups.ipynb #8a795437
 def _bn_layers(model:nn.Module) -> list:
@@ -414,7 +422,7 @@ def _store_statistics(model:nn.Module, acc:dict, old:dict, nb:int):
         else: m.running_mean.copy_(new[m][0]); m.running_var.copy_(new[m][1]); m.num_batches_tracked.fill_(nb)
     if bad: raise ValueError(f"Re-estimating the BatchNorm statistics on the training data gave values that are not finite in {', '.join(bad[:3])}"
                              f"{' and more' if len(bad) > 3 else ''} (an input holds NaN, inf or values too large for float32): the statistics are left "
-                             "as they were. Remove those items (`audit_data` lists outliers), or keep the pretrained statistics with bn_policy='frozen'")
+                             "as they were. Remove those items (`audit_data` lists outliers), or keep the pretrained statistics with bn_policy='eval'")
 
 # %% ../nbs/02_groups.ipynb #d2dafc8b
 @patch
@@ -460,15 +468,15 @@ def _old_keyword(kwargs:dict, old:str, new:str, where:str):
 
 # %% ../nbs/02_groups.ipynb #baf3a68b
 @patch
-def set_bn_policy(self:Learner, bn_policy:str='train', # 'train', 'stats', 'frozen' or 'adapt'
+def set_bn_policy(self:Learner, bn_policy:str='train', # 'train', 'stats', 'eval' or 'adapt'
                   adapt:bool=True, # With 'adapt', re-estimate the statistics now (`False`: weights about to be loaded hold them)
                   **kwargs): # `policy=`, its old name (`policy` is a phase's adapter policy)
     "Choose what normalisation layers in frozen groups do (see the table above); 'adapt' re-estimates the statistics now, once"
     if kwargs: bn_policy = _old_keyword(kwargs, 'policy', 'bn_policy', 'set_bn_policy')
-    policy = bn_policy
+    policy = bn_policy_name(bn_policy)
     if policy not in bn_policies: raise ValueError(f"Unknown BatchNorm policy {policy!r}; choose one of {bn_policies}")
     _note_user_frozen(self)  # before the norm layers' flags change
-    groups,held = self.trainable_groups,policy in ('frozen', 'adapt')
+    groups,held = self.trainable_groups,policy in ('eval', 'adapt')
     self.train_bn,self.bn_policy = policy=='train',policy
     for p in norm_bias_params(self.model, with_bias=False): self.opt.state[p]['force_train'] = self.train_bn
     self.set_trainable(groups)

@@ -135,13 +135,14 @@ def group_policies(self:Phase, n_groups:int, names=None) -> list:
 class Schedule:
     "A fine-tuning procedure: phases run one after another on the same learner"
     def __init__(self, phases:list, # `Phase`s (or dicts of their fields), run in order
-                 bn_policy:str='train', # What norm layers in frozen groups do: 'train' (fastai's), 'stats', 'frozen' or 'adapt'
+                 bn_policy:str='train', # What norm layers in frozen groups do: 'train' (fastai's), 'stats', 'eval' or 'adapt'
                  patience:int|None=None, # End a phase early after this many epochs without improvement
                  restore_best:bool=False, # Load each phase's best weights back before the next phase
                  monitor:str='valid_loss', # What `patience` and `restore_best` watch
                  keep_state:bool=True): # Groups that keep training keep their optimiser state
         self.phases = [p if isinstance(p, Phase) else Phase(**p) for p in phases]
-        store_attr('bn_policy,patience,restore_best,monitor,keep_state')
+        store_attr('patience,restore_best,monitor,keep_state')
+        self.bn_policy = bn_policy_name(bn_policy)  # a schedule saved with 'frozen' reads as 'eval'
 
     def to_dict(self) -> dict:
         "Plain data: the schedule's settings and its phases"

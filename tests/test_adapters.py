@@ -156,7 +156,7 @@ def test_unsupported_layer_is_named():
 
 def test_saved_schedule_with_policies(tmp_path):
     "A schedule with per-group policies round-trips through JSON and YAML and runs the same from the file"
-    sch = lora_schedule(3, epochs=1, lr_max=1e-2, top=1, r=2, dora=True, full_top=True, bn_policy='frozen')
+    sch = lora_schedule(3, epochs=1, lr_max=1e-2, top=1, r=2, dora=True, full_top=True, bn_policy='eval')
     for fn in ('s.json', 's.yaml'): equals(Schedule.load(sch.save(tmp_path/fn)), sch)
     assert '"1": {' in (tmp_path/'s.json').read_text()  # JSON writes the group index as a string key...
     back = Schedule.load(tmp_path/'s.json')

@@ -19,7 +19,7 @@ EXPORT = textwrap.dedent('''
         model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),  # frozen, cached: 16x16x16 floats an item
                               nn.Conv2d(16, 8, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
         learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), splitter=split, cbs=cbs)
-        learn.set_bn_policy('frozen'); learn.set_trainable('head')
+        learn.set_bn_policy('eval'); learn.set_trainable('head')
         with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-2)
         return learn
     cached,bare = learner(FeatureCache(max_memory=0, verbose=False)),learner(None)

@@ -81,7 +81,7 @@ def bn_of_group(learn, i):
     return next(m for m in learn.model.modules() if isinstance(m, nn.BatchNorm2d) and id(m.weight) in ids)
 
 @pytest.mark.parametrize('kind', KINDS)
-@pytest.mark.parametrize('policy,moves', [('train', (True, True)), ('stats', (False, True)), ('frozen', (False, False))])
+@pytest.mark.parametrize('policy,moves', [('train', (True, True)), ('stats', (False, True)), ('eval', (False, False))])
 def test_bn_policy(kind, policy, moves):
     learn = make(kind)
     learn.set_trainable(-1)
