@@ -4,13 +4,13 @@
 
 # %% ../nbs/19_cli.ipynb #945c4c66
 from __future__ import annotations
-import argparse, errno, importlib, importlib.util, inspect, json, math, os, signal, sys, time, warnings
+import argparse, contextlib, errno, importlib, importlib.util, inspect, json, math, os, signal, sys, time, warnings
 from pathlib import Path
 from fastcore.docments import docments
 
 # %% auto #0
-__all__ = ['DemoError', 'CLIError', 'DemoStopped', 'Terminated', 'resolve_device', 'default_threads', 'check_out',
-           'fit_batch_size', 'demo', 'audit', 'add_options', 'main']
+__all__ = ['DemoError', 'update_steps', 'CLIError', 'DemoStopped', 'Terminated', 'resolve_device', 'default_threads', 'check_out',
+           'fit_batch_size', 'demo', 'audit', 'update', 'add_options', 'main']
 
 # %% ../nbs/19_cli.ipynb #b2ff730f
 class CLIError(ValueError):
@@ -318,6 +318,101 @@ def audit(data:str|None=None, # Folder with one subfolder of images per class (d
     print(f"\nWrote {paths['audit.html']} and the tables as CSV files (suggested fixes in {paths['fixes.csv']}) "
           f"in {sum(res.seconds.values()):.0f} s ({', '.join(f'{k} {v:.0f} s' for k,v in res.seconds.items())}).")
 
+# %% ../nbs/19_cli.ipynb #4190fda7
+update_steps = dict(thick='the same digits written with thicker strokes', small='the same digits written smaller',
+                    classes='the digits 5-9, never seen before')
+
+# %% ../nbs/19_cli.ipynb #2ee21e20
+def _update_checks(steps:str, arch:str, size:int, epochs:int, lr:float, replay:int, tol:float, class_tol:float) -> list:
+    "The steps of `finetune_nb update`, its other options checked before any work: a `CLIError` naming the bad one"
+    steps = [s.strip() for s in steps.split(',') if s.strip()]
+    if not steps: raise CLIError(f"--steps is empty: give one or more of {', '.join(update_steps)}")
+    if bad := [s for s in steps if s not in update_steps]: raise CLIError(f"--steps: unknown step {bad[0]!r}; choose from {', '.join(update_steps)}")
+    if arch not in ('cnn', 'efficientnet_lite0'): raise CLIError(f"--arch must be cnn or efficientnet_lite0, got {arch!r}")
+    if size < 16: raise CLIError(f"--size must be at least 16 pixels, got {size}")
+    if epochs < 1: raise CLIError(f"--epochs must be a positive integer, got {epochs}")
+    if not lr > 0: raise CLIError(f"--lr must be positive, got {lr}")
+    if replay < 0: raise CLIError(f"--replay must be 0 or more, got {replay}")
+    for k,v in dict(tol=tol, class_tol=class_tol).items():
+        if not 0 <= v <= 1: raise CLIError(f"--{k.replace('_','-')} must be between 0 and 1, got {v}")
+    return steps
+
+# %% ../nbs/19_cli.ipynb #17fe0be7
+def _plan(steps:list, digits:list) -> list:
+    "The digits known after each step, or a `CLIError` for a step that cannot run"
+    res = []
+    for s in steps:
+        if s == 'classes':
+            if 5 in digits: raise CLIError("--steps: 'classes' brings the digits 5-9, which the model already knows")
+            digits = digits + list(range(5, 10))
+        res.append(digits)
+    return res
+
+# %% ../nbs/19_cli.ipynb #72ef1c2e
+def _update_learner(arch:str, n_out:int, dls, device):
+    "The learner `finetune_nb update` trains: the small `DigitCNN`, or the demo's EfficientNet-Lite0 in 4 groups"
+    from fastai.basics import Learner, CrossEntropyLossFlat, accuracy
+    from finetune_nb.groups import AutoSplitter
+    from finetune_nb.models import efficientnet_lite0
+    from finetune_nb.test_utils import DigitCNN
+    model = DigitCNN(n_out) if arch == 'cnn' else efficientnet_lite0(n_out)
+    return Learner(dls, model.to(device), loss_func=CrossEntropyLossFlat(), metrics=accuracy, splitter=AutoSplitter(None if arch == 'cnn' else 4))
+
+# %% ../nbs/19_cli.ipynb #56825fbe
+def _first_model(learn, reg, arch:str, size:int, quiet:bool):
+    "Load the registry's current version into `learn`, or train the first model on the digits 0-4"
+    bar = learn.no_bar() if quiet else contextlib.nullcontext()
+    if reg.latest is not None:
+        reg.load_into(learn); print(f"Continuing from version {reg.current} in {reg.path} ({learn.dls.c} classes)")
+        return
+    print(f"Training the first model ({arch}) on the digits 0-4, plain writing: {len(learn.dls.train_ds)} images of {size}px", flush=True)
+    with bar, learn.no_logging(): learn.fit_one_cycle(10, 1e-2); acc = learn.validate()[1]
+    print(f"Validation accuracy {acc:.1%}; the first update saves this model as the first version.")
+
+# %% ../nbs/19_cli.ipynb #494c2cfd
+def _run_updates(out:Path, steps:list, arch:str, size:int, kw:dict, tols:tuple, dev:str, quiet:bool):
+    "Run `finetune_nb update`'s `steps` on the registry in `out`, passing `kw` to `learn.update`"
+    from fastai.torch_core import set_seed
+    from finetune_nb.registry import ModelRegistry
+    from finetune_nb.update import UpdateGate, pct_table
+    from finetune_nb.test_utils import digits_stream
+    reg,ch = ModelRegistry(out),3 if arch == 'efficientnet_lite0' else 1
+    known = [int(v) for v in reg.latest['vocab']] if reg.latest else list(range(5))
+    plan = _plan(steps, known)
+    set_seed(kw['seed'])
+    learn = _update_learner(arch, len(known), digits_stream(known, part=0, size=size, channels=ch, device=dev), dev)
+    if reg.index['model'] is not None: reg.check_model(learn.model, input_shape=(ch, size, size))
+    _first_model(learn, reg, arch, size, quiet)
+    for i,(step,after) in enumerate(zip(steps, plan)):
+        new = digits_stream(range(5, 10) if step == 'classes' else known, 'plain' if step == 'classes' else step,
+                            part=0 if step == 'classes' else 1, size=size, channels=ch, device=dev)
+        print(f"\n== Update {i+1}: {update_steps[step]} ({len(new.train_ds)} training images) ==", flush=True)
+        with (learn.no_bar() if quiet else contextlib.nullcontext()), learn.no_logging():
+            r = learn.update(new, registry=reg, gate=UpdateGate(*tols), note=f"finetune_nb update: {step}", **kw)
+        print(r.drift.summary()); print(r.summary()); print(pct_table(r.table), flush=True)
+        if r.kept: known = after
+    print(f"\nRegistry {reg.path}:\n{reg.list().drop(columns=['data']).to_string(float_format=lambda x: f'{x:.3f}')}")
+
+# %% ../nbs/19_cli.ipynb #fe2837dd
+def update(out:str='finetune_update', # Folder of the model registry
+           steps:str='thick,classes', # Updates to run, in order: thick (thicker strokes), small (smaller digits), classes (the digits 5-9 arrive)
+           arch:str='cnn', # cnn (a small CNN, fast on a CPU) or efficientnet_lite0 (the demo's model; use --size 64 or more)
+           size:int=32, # Image size in pixels
+           epochs:int=3, # Epochs of each update with every group training
+           lr:float=1e-2, # Learning rate of the head in each update
+           replay:int=500, # Old training items mixed into each update
+           tol:float=0.02, # Largest drop of old-data accuracy the gate allows
+           class_tol:float=0.1, # Largest drop of one class's old-data accuracy the gate allows
+           seed:int=0, # Seed
+           device:str='cpu', # cpu, cuda, cuda:N or mps
+           quiet:bool=False): # No progress bars
+    "Keep a digit classifier current as its data change, new writing styles and new classes: every update gated, every version kept"
+    steps,dev = _update_checks(steps, arch, size, epochs, lr, replay, tol, class_tol),resolve_device(device)
+    from finetune_nb.registry import RegistryError
+    from finetune_nb.saving import FolderInUse
+    try: _run_updates(check_out(out), steps, arch, size, dict(epochs=epochs, lr_max=lr, replay=replay, seed=seed), (tol, class_tol), dev, quiet)
+    except (RegistryError, FolderInUse) as e: raise CLIError(str(e)) from None  # `FolderInUse`: another process holds the registry's lock
+
 # %% ../nbs/19_cli.ipynb #54385ccb
 def add_options(p:argparse.ArgumentParser, f, # Function whose parameters (annotated, with docments) become options
                 flags:dict|None=None): # Option names for parameters, where they differ from the parameter's name
@@ -333,8 +428,8 @@ def add_options(p:argparse.ArgumentParser, f, # Function whose parameters (annot
     return p
 
 # %% ../nbs/19_cli.ipynb #010b3916
-_commands = dict(audit=(audit, "Audit a labelled data set: label errors, duplicates, leaks, outliers, class balance"))
-_delegated = dict(update=('finetune_nb.update', 'update_main', "Update a fine-tuned model with new data (see `finetune_nb update --help`)"))
+_commands = dict(audit=(audit, "Audit a labelled data set: label errors, duplicates, leaks, outliers, class balance"),
+                 update=(update, "Keep a model current as its data change: gated updates, every version kept"))
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='finetune_nb', description="Fine-tune pretrained PyTorch models with fastai")
@@ -342,7 +437,6 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser('demo', help="Fine-tune the offline EfficientNet-Lite0 on handwritten digits", description=demo.__doc__)
     add_options(d, demo, flags=dict(n_groups='groups'))
     for cmd,(f,help) in _commands.items(): add_options(sub.add_parser(cmd, help=help, description=f.__doc__), f)
-    for cmd,(_,_,help) in _delegated.items(): sub.add_parser(cmd, help=help, add_help=False)  # they parse their own options
     r = sub.add_parser('readme', help="Write README.md from nbs/index.ipynb (run in the repository)")
     r.add_argument('--check', action='store_true', help="only check that README.md is up to date")
     dc = sub.add_parser('docs', help="Render every notebook to HTML in _docs/ (run in the repository)")
@@ -356,19 +450,6 @@ def _one_line_errors(p:argparse.ArgumentParser):
     for q in [p, *(a for act in p._actions if isinstance(act, argparse._SubParsersAction) for a in act.choices.values())]:
         q.error = error.__get__(q)
     return p
-
-# %% ../nbs/19_cli.ipynb #797b3d5d
-def _delegate(cmd:str, argv:list) -> int:
-    "Run subcommand `cmd` by its module's `*_main(argv)`, or say in one line that it is not available"
-    mod,fn,_ = _delegated[cmd]
-    try: run = getattr(importlib.import_module(mod), fn)
-    except ModuleNotFoundError as e:
-        if e.name != mod: raise  # the module is there but something it needs is not: that error is the clearer one
-        run = None
-    except AttributeError: run = None
-    if run is None:
-        print(f"finetune_nb {cmd}: not available ({mod}.{fn} is not in this version of finetune_nb)", file=sys.stderr); return 2
-    return run(argv) or 0
 
 # %% ../nbs/19_cli.ipynb #71f17949
 def _readme(check:bool) -> int:
@@ -412,7 +493,6 @@ def main(argv=None):
     "Entry point of the `finetune_nb` command"
     warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning, module='torch.jit')  # fastai's import, before any error
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in _delegated: return _delegate(argv[0], argv[1:])
     p = _one_line_errors(_parser())
     args = p.parse_args(argv)
     if args.cmd == 'readme': return _readme(args.check)

@@ -4,25 +4,22 @@
 
 # %% ../nbs/18b_update.ipynb #b0fd8bd2
 from __future__ import annotations
-import time, sys, argparse, contextlib, dataclasses
+import time, dataclasses
 from dataclasses import dataclass
 from fastai.basics import *
 from .data import item_labels, class_names
 from .groups import *
 from .schedule import Schedule, Phase
-from .saving import FolderInUse
 from .checkpoints import weights_finite
 from .finetune import *  # `Schedule.run`
-from .test_utils import DigitCNN, digits_stream  # the scenario of `finetune_nb update`
 from .registry import *
 from .registry import _loader, _set_module, _joint_msg
 from .features import hooked_features
 from .drift import *
 
 # %% auto #0
-__all__ = ['update_steps', 'PartAccuracy', 'gate_table', 'UpdateGate', 'update_schedule', 'UpdateResult', 'pct_table',
-           'UpdateCLIError', 'update_parser', 'update_cli', 'update_main', 'ModelRegistry', 'RegistryError', 'ItemSet',
-           'DriftReport']
+__all__ = ['PartAccuracy', 'gate_table', 'UpdateGate', 'update_schedule', 'UpdateResult', 'pct_table', 'ModelRegistry',
+           'RegistryError', 'ItemSet', 'DriftReport']
 
 # %% ../nbs/18b_update.ipynb #ab7f3a7b
 def _check_item(it, what:str):
@@ -450,116 +447,3 @@ def update(self:Learner, new_dls:DataLoaders, # The newly arrived data: training
 
 # %% ../nbs/18b_update.ipynb #d57c01b5
 _all_ = ['ModelRegistry', 'RegistryError', 'ItemSet', 'DriftReport']
-
-# %% ../nbs/18b_update.ipynb #c96d3e40
-update_steps = ('thick', 'small', 'classes')
-
-class UpdateCLIError(Exception):
-    "A bad option of `finetune_nb update`"
-
-# %% ../nbs/18b_update.ipynb #ebbcf2f9
-def update_parser(p:argparse.ArgumentParser|None=None) -> argparse.ArgumentParser:
-    "The options of `finetune_nb update`, added to `p` (e.g. a subcommand's parser)"
-    p = ifnone(p, argparse.ArgumentParser(prog='finetune_nb update', description=update_cli.__doc__))
-    p.add_argument('--out', default='finetune_update', help="folder of the model registry (default finetune_update)")
-    p.add_argument('--steps', default='thick,classes', help="updates to run, in order: thick (thicker strokes), small (smaller digits), classes (digits 5-9 arrive); default thick,classes")
-    p.add_argument('--arch', default='cnn', help="cnn (a small CNN, fast on a CPU) or efficientnet_lite0 (the demo's model; use --size 64 or more); default cnn")
-    p.add_argument('--size', type=int, default=32, help="image size in pixels (default 32)")
-    p.add_argument('--epochs', type=int, default=3, help="epochs of each update with every group training (default 3)")
-    p.add_argument('--lr', type=float, default=1e-2, help="learning rate of the head in each update (default 0.01)")
-    p.add_argument('--replay', type=int, default=500, help="old training items mixed into each update (default 500)")
-    p.add_argument('--tol', type=float, default=0.02, help="largest drop of old-data accuracy the gate allows (default 0.02)")
-    p.add_argument('--class-tol', type=float, default=0.1, help="largest drop of one class's old-data accuracy the gate allows (default 0.1)")
-    p.add_argument('--seed', type=int, default=0, help="seed (default 0)")
-    p.add_argument('--device', default='cpu', help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument('--quiet', action='store_true', help="no progress bars")
-    return p
-
-# %% ../nbs/18b_update.ipynb #9240e645
-def _update_options(a) -> dict:
-    "Check every option of `finetune_nb update` before any work; raise an `UpdateCLIError` naming the bad one"
-    steps = [s.strip() for s in a.steps.split(',') if s.strip()]
-    if not steps: raise UpdateCLIError("--steps is empty: give one or more of thick, small, classes")
-    bad = [s for s in steps if s not in update_steps]
-    if bad: raise UpdateCLIError(f"--steps: unknown step {bad[0]!r}; choose from {', '.join(update_steps)}")
-    if a.arch not in ('cnn', 'efficientnet_lite0'): raise UpdateCLIError(f"--arch must be cnn or efficientnet_lite0, got {a.arch!r}")
-    if a.size < 16: raise UpdateCLIError(f"--size must be at least 16 pixels, got {a.size}")
-    if a.epochs < 1: raise UpdateCLIError(f"--epochs must be a positive integer, got {a.epochs}")
-    if not a.lr > 0: raise UpdateCLIError(f"--lr must be positive, got {a.lr}")
-    if a.replay < 0: raise UpdateCLIError(f"--replay must be 0 or more, got {a.replay}")
-    for k in ('tol', 'class_tol'):
-        if not 0 <= getattr(a, k) <= 1: raise UpdateCLIError(f"--{k.replace('_','-')} must be between 0 and 1, got {getattr(a, k)}")
-    try: dev = torch.device(a.device)
-    except (RuntimeError, ValueError): raise UpdateCLIError(f"--device {a.device!r} is not a device: use cpu, cuda or cuda:N") from None
-    if dev.type not in ('cpu', 'cuda'): raise UpdateCLIError(f"--device {a.device!r}: use cpu, cuda or cuda:N")
-    if dev.type == 'cuda' and not torch.cuda.is_available(): raise UpdateCLIError(f"--device {a.device}: no CUDA GPU is available here")
-    out = Path(a.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out/'.write_test').write_bytes(b''); (out/'.write_test').unlink()
-    except OSError as e: raise UpdateCLIError(f"--out {out}: cannot write there ({e.strerror or e})") from None
-    return dict(steps=steps, out=out, device=dev)
-
-# %% ../nbs/18b_update.ipynb #deccaee1
-def _plan(steps:list, digits:list) -> list:
-    "The digits known after each step, or an `UpdateCLIError` for a step that cannot run"
-    res = []
-    for s in steps:
-        if s == 'classes':
-            if 5 in digits: raise UpdateCLIError("--steps: 'classes' brings the digits 5-9, which the model already knows")
-            digits = digits + list(range(5, 10))
-        res.append(digits)
-    return res
-
-# %% ../nbs/18b_update.ipynb #7f08fb59
-def _cli_learner(arch:str, n_out:int, dls, device) -> Learner:
-    if arch == 'cnn': model = DigitCNN(n_out)
-    else:
-        from finetune_nb.models import efficientnet_lite0
-        model = efficientnet_lite0(n_out)
-    return Learner(dls, model.to(device), loss_func=CrossEntropyLossFlat(), metrics=accuracy,
-                   splitter=auto_splitter if arch == 'cnn' else partial(auto_splitter, n_groups=4))
-
-# %% ../nbs/18b_update.ipynb #cd7f1c52
-_step_text = dict(thick='the same digits written with thicker strokes', small='the same digits written smaller',
-                  classes='the digits 5-9, never seen before')
-
-def update_cli(a) -> int:
-    "Keep a digit classifier current as its data change, new writing styles and new classes: every update gated, every version kept"
-    o = _update_options(a)
-    reg = ModelRegistry(o['out'])
-    ch = 3 if a.arch == 'efficientnet_lite0' else 1
-    digits = [int(v) for v in reg.latest['vocab']] if reg.latest else list(range(5))
-    plan = _plan(o['steps'], digits)
-    set_seed(a.seed)
-    dls = digits_stream(digits, part=0, size=a.size, channels=ch, device=o['device'])
-    learn = _cli_learner(a.arch, len(digits), dls, o['device'])
-    if reg.index['model'] is not None: reg.check_model(learn.model, input_shape=(ch, a.size, a.size))
-    quiet = lambda: learn.no_bar() if a.quiet else contextlib.nullcontext()
-    if reg.latest is None:
-        print(f"Training the first model ({a.arch}) on the digits 0-4, plain writing: {len(dls.train_ds)} images of {a.size}px", flush=True)
-        with quiet(), learn.no_logging(): learn.fit_one_cycle(10, 1e-2); acc = learn.validate()[1]
-        print(f"Validation accuracy {acc:.1%}; the first update saves this model as the first version.")
-    else: reg.load_into(learn); print(f"Continuing from version {reg.current} in {reg.path} ({len(digits)} classes)")
-    for i,(step,after) in enumerate(zip(o['steps'], plan)):
-        new = digits_stream(range(5, 10) if step == 'classes' else digits, 'plain' if step == 'classes' else step,
-                            part=0 if step == 'classes' else 1, size=a.size, channels=ch, device=o['device'])
-        print(f"\n== Update {i+1}: {_step_text[step]} ({len(new.train_ds)} training images) ==", flush=True)
-        with quiet(), learn.no_logging():
-            r = learn.update(new, registry=reg, epochs=a.epochs, lr_max=a.lr, replay=a.replay, gate=UpdateGate(a.tol, a.class_tol),
-                             seed=a.seed, note=f"finetune_nb update: {step}")
-        print(r.drift.summary()); print(r.summary()); print(pct_table(r.table), flush=True)
-        if r.kept: digits = after
-    print(f"\nRegistry {reg.path}:\n{reg.list().drop(columns=['data']).to_string(float_format=lambda x: f'{x:.3f}')}")
-    return 0
-
-# %% ../nbs/18b_update.ipynb #19e0da5e
-def update_main(argv=None) -> int:
-    "`finetune_nb update`: bad options get one line on stderr and exit status 2, before any work"
-    p = update_parser()
-    p.error = lambda msg: p.exit(2, f"{p.prog}: error: {msg}\n")
-    a = p.parse_args(argv)
-    try: return update_cli(a)
-    except (UpdateCLIError, RegistryError, FolderInUse) as e:  # `FolderInUse`: another process kept the registry's lock
-        print(f"finetune_nb update: error: {e}", file=sys.stderr); return 2
-    except KeyboardInterrupt: return 130

@@ -190,7 +190,7 @@ def test_update_from_a_minimal_commit(base, tmp_path):
 
 # ---------------------------------------------------------------- the command line
 def cli(*args):
-    code = "import sys; from finetune_nb.update import update_main; sys.exit(update_main(sys.argv[1:]))"
+    code = "import sys; from finetune_nb.cli import main; sys.exit(main(['update', *sys.argv[1:]]))"
     return subprocess.run([sys.executable, '-c', code, *args], capture_output=True, text=True, env=ENV, timeout=TIMEOUT)
 
 def test_cli_runs_and_prints_gate_table_and_registry(tmp_path):
