@@ -38,6 +38,7 @@ import numpy as np, pandas as pd, torch
 from fastai.vision.all import *
 from fastai.callback.schedule import valley
 from finetune_nb.all import *
+from finetune_nb.finetune import finetune_callbacks  # a building block, not in the star import
 torch.set_num_threads(1)
 warnings.filterwarnings('ignore')
 TMP = Path(tempfile.mkdtemp())
