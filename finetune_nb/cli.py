@@ -461,7 +461,7 @@ def _readme(check:bool) -> int:
     print("README.md differs from nbs/index.ipynb: run `finetune_nb readme`", file=sys.stderr); return 1
 
 # %% ../nbs/19_cli.ipynb #ff67b1e8
-def _run(cmd:str, f, args) -> int:
+def _command(cmd:str, f, args) -> int:
     "Run command `cmd` as `f` with the parsed `args`: its exit status, with one line on stderr for a `CLIError`"
     try: return f(**{k:getattr(args, k) for k in inspect.signature(f).parameters}) or 0
     except CLIError as e: print(f"finetune_nb {cmd}: error: {e}", file=sys.stderr); return 2
@@ -499,6 +499,6 @@ def main(argv=None):
     if args.cmd == 'docs':
         from finetune_nb.docs import build_docs
         print(f"Wrote {build_docs('nbs', args.dest)/'index.html'}"); return 0
-    if args.cmd in _commands: return _run(args.cmd, _commands[args.cmd][0], args)
+    if args.cmd in _commands: return _command(args.cmd, _commands[args.cmd][0], args)
     if args.cmd != 'demo': p.print_help(); return 0 if args.cmd is None else 2
     return _demo_main(args)
