@@ -27,15 +27,30 @@ def finetune_callbacks(learn:Learner) -> Learner:
     learn.add_cbs([cls() for cls in (GroupRecorder, FeatureCache, DivergenceGuard, OverfitWatch) if camel2snake(re.sub('Callback$', '', cls.__name__)) not in have])
     return learn
 
+# %% ../nbs/10_finetune.ipynb #69cbda96
+def _fit_head(model:nn.Module, c:int) -> nn.Module:
+    "`model`, with its last `nn.Linear` replaced by a new one with `c` outputs if it has another number, saying so"
+    name,last = next(((n,m) for n,m in reversed(list(model.named_modules())) if isinstance(m, nn.Linear)), (None,None))
+    if last is None or last.out_features == c: return model
+    new = nn.Linear(last.in_features, c, bias=last.bias is not None).to(last.weight.device, last.weight.dtype)
+    parent,_,attr = name.rpartition('.')
+    setattr(model.get_submodule(parent), attr, new)
+    warnings.warn(f"The model's last Linear layer ({name}) has {last.out_features} outputs and the data {c} classes: "
+                  f"it is replaced by a new Linear({last.in_features}, {c}), trained from scratch")
+    return model
+
 # %% ../nbs/10_finetune.ipynb #0c05b74f
 def finetune_learner(dls:DataLoaders, # Data, with `dls.c` classes
-                     arch='efficientnet_lite0', # 'efficientnet_lite0' (offline) or any `vision_learner` architecture
+                     arch='efficientnet_lite0', # 'efficientnet_lite0' (offline), any `vision_learner` architecture, or a model (`nn.Module`)
                      n_groups:int|None=4, # Layer groups (head included); `None` keeps every group `auto_splitter` finds
-                     pretrained:bool=True, # Start from pretrained weights
+                     pretrained:bool=True, # Start from pretrained weights (a model keeps the weights it has)
                      metrics=accuracy, # fastai metrics
                      **kwargs): # Passed to `Learner` or `vision_learner`
     "A fastai `Learner` for fine-tuning `arch` on `dls`, with layer groups from `auto_splitter` and finetune_nb's callbacks"
     splitter = AutoSplitter(n_groups, x=dls)  # a sample batch: modules forward never uses get no group
+    if isinstance(arch, nn.Module):
+        c = getattr(dls, 'c', None)  # the number of classes; data without one leaves the model as it is
+        return finetune_callbacks(Learner(dls, arch if c is None else _fit_head(arch, c), metrics=metrics, splitter=splitter, **kwargs))
     if arch == 'efficientnet_lite0':
         return finetune_callbacks(Learner(dls, efficientnet_lite0(dls.c, pretrained=pretrained), metrics=metrics, splitter=splitter, **kwargs))
     with download_errors(arch):
@@ -66,8 +81,9 @@ def _resplit(learn:Learner):
 @patch
 def run(self:Schedule, learn:Learner, cbs=None, # Callbacks for every phase's fit
         resume:bool=False, # Continue the run saved in `ckpt_dir` from its last completed epoch
-        ckpt_dir:str|Path|None=None, # Checkpoint folder (default `learn.path/learn.model_dir/'finetune'`)
-        checkpoints:bool=True) -> pd.DataFrame: # Keep the start, best and last weights of every phase, and the resume state
+        ckpt_dir:str|Path|None=None, # Checkpoint folder (default: a new run folder in `runs_dir(learn)`; to resume, the newest run)
+        checkpoints:bool=True, # Keep checkpoints: the start, best and last weights, and the resume state
+        keep:str='best') -> pd.DataFrame: # 'best': the start, the run's best and its last; 'all': every phase's best and last too
     "Run every phase on `learn` and return the per-epoch history"
     finetune_callbacks(learn)
     _resplit(learn)
@@ -83,7 +99,7 @@ def run(self:Schedule, learn:Learner, cbs=None, # Callbacks for every phase's fi
     ck = None
     if checkpoints or resume:
         if resume and adapters: adapt_for_resume(learn, self, ckpt_dir)  # the saved weights include the adapters the run had then
-        ck = RunCheckpoints(learn, self, ckpt_dir, resume)  # snapshots the start, or loads the state to resume from
+        ck = RunCheckpoints(learn, self, ckpt_dir, resume, keep)  # snapshots the start, or loads the state to resume from
     learn.set_bn_policy(self.bn_policy, adapt=not resuming)  # after the start's snapshot; a resumed run loaded the statistics it adapted
     fits = dict(one_cycle=learn.fit_one_cycle, stlr=learn.fit_stlr, flat_cos=learn.fit_flat_cos, constant=learn.fit)
     names = list(learn.group_names)
@@ -105,6 +121,7 @@ def run(self:Schedule, learn:Learner, cbs=None, # Callbacks for every phase's fi
         log.add_fit(learn, i, t0)
         if learn.cancel_schedule: break
         if ck: ck.phase_done(i)
+    if ck: ck.report()
     return log.history
 
 # %% ../nbs/10_finetune.ipynb #d2e6bcb0
@@ -120,8 +137,9 @@ def fine_tune_progressive(self:Learner, epochs:int=3, # Epochs of the last phase
                           restore_best:bool=False, # Load each stage's best weights back before the next
                           cbs=None, # Callbacks for every stage
                           resume:bool=False, # Continue the run saved in `ckpt_dir` from its last completed epoch
-                          ckpt_dir:str|Path|None=None, # Checkpoint folder (default `learn.path/learn.model_dir/'finetune'`)
-                          checkpoints:bool=True) -> pd.DataFrame: # Keep start, best and last weights and the resume state
+                          ckpt_dir:str|Path|None=None, # Checkpoint folder (default: a new run folder in `runs_dir(learn)`; to resume, the newest run)
+                          checkpoints:bool=True, # Keep checkpoints: the start, best and last weights, and the resume state
+                          keep:str='best') -> pd.DataFrame: # 'best': the start, the run's best and its last; 'all': every phase's best and last too
     "Fine-tune with ULMFiT's gradual unfreezing and discriminative learning rates"
     _resplit(self)
     if self.n_groups < 2:
@@ -129,4 +147,4 @@ def fine_tune_progressive(self:Learner, epochs:int=3, # Epochs of the last phase
                          f"{type(bare_model(self.model)).__name__}: give the Learner a splitter (splitter=auto_splitter, or your own), or use fit_one_cycle")
     sch = progressive_schedule(self.n_groups, epochs, lr_max, stage_epochs, groups_per_stage, factor, sched,
                                bn_policy=bn_policy, patience=patience, restore_best=restore_best)
-    return sch.run(self, cbs=cbs, resume=resume, ckpt_dir=ckpt_dir, checkpoints=checkpoints)
+    return sch.run(self, cbs=cbs, resume=resume, ckpt_dir=ckpt_dir, checkpoints=checkpoints, keep=keep)
