@@ -9,16 +9,18 @@ from fastai.basics import *
 from fastai.callback.mixup import MixHandler
 from fastai.vision.augment import RandTransform, Resize, ResizeMethod
 from fastai.callback.fp16 import MixedPrecision, AMPMode
+from fastai.callback.training import bn_types
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.nn.modules.dropout import _DropoutNd
 from torch.utils.flop_counter import FlopCounterMode
 from .groups import *
 from .leftout import LeftOut
+from .schedule import running_phase, phase_label
 
 # %% auto #0
-__all__ = ['NO_PREFIX', 'sequential_stages', 'stage_problem', 'frozen_stages', 'augmentations', 'cache_blockers', 'CachedDL',
-           'frozen_prefix', 'cache_activations', 'FeatureCache']
+__all__ = ['NO_PREFIX', 'sequential_stages', 'stage_problem', 'frozen_stages', 'can_unaugment', 'unaugmented', 'augmentations',
+           'cache_blockers', 'CachedDL', 'frozen_prefix', 'cache_activations', 'FeatureCache']
 
 # %% ../nbs/06_cache.ipynb #a090ce6f
 def _has_params(m): return any(True for _ in m.parameters())
@@ -109,11 +111,16 @@ def _stateful(m:nn.Module) -> bool:
     return (isinstance(m, _BatchNorm) or (isinstance(m, _InstanceNorm) and m.track_running_stats)
             or (isinstance(m, _DropoutNd) and m.p > 0) or (getattr(m, 'drop_prob', 0) or 0) > 0)
 
-def frozen_stages(stages:list[nn.Module]) -> int:
+def _moving(m): return m.training and _stateful(m)
+
+def frozen_stages(stages:list[nn.Module],
+                  trains=None, # Does a parameter train? Default: `requires_grad`
+                  moving=None, # Does a module act differently from eval? Default: `_stateful` in training mode
+                 ) -> int:
     "How many leading `stages` hold no trainable parameter and act the same in their current mode as in eval"
-    n = 0
+    trains,moving,n = ifnone(trains, lambda p: p.requires_grad),ifnone(moving, _moving),0
     for s in stages[:-1]:
-        if any(p.requires_grad for p in s.parameters()) or any(m.training and _stateful(m) for m in s.modules()): break
+        if any(trains(p) for p in s.parameters()) or any(moving(m) for m in s.modules()): break
         n += 1
     return n
 
@@ -123,21 +130,39 @@ def _tfms(dl):
     pipes = [getattr(t, 'tfms', None) for t in tls] + [getattr(dl, n, None) for n in ('after_item', 'after_batch')]
     return [f for p in pipes if p is not None for f in getattr(p, 'fs', [])]
 
+def _describe(f) -> str:
+    "How a message names the augmentation `f`"
+    if isinstance(f, Resize): return f"Resize: a random {'crop' if f.method == ResizeMethod.Crop else 'pad position'}"
+    return type(f).__name__
+
 def _random(f):
     if isinstance(f, Resize): return f.method != ResizeMethod.Squish  # crops and pads pick a random spot in training
     return isinstance(f, RandTransform) or getattr(f, 'split_idx', None) == 0
+
+# %% ../nbs/06_cache.ipynb #ac486a52
+def can_unaugment(dl) -> bool:
+    "Can `dl` give its items through the validation transforms? (fastai `Datasets` can: `set_split_idx`)"
+    return hasattr(getattr(dl, 'dataset', None), 'set_split_idx')
+
+@contextmanager
+def unaugmented(dl):
+    "`dl` gives its items through the validation transforms: no flips, a centre crop (fastai's `Datasets.set_split_idx(1)`)"
+    with dl.dataset.set_split_idx(1): yield dl
 
 # %% ../nbs/06_cache.ipynb #5f931b8c
 def augmentations(dl) -> list:
     "The transforms of `dl` that are random or applied to training data only"
     return [f for f in _tfms(dl) if _random(f)]
 
-def cache_blockers(learn:Learner) -> list[str]:
+def cache_blockers(learn:Learner,
+                   unaugmented:bool=False, # The training items go through the validation transforms (`precompute`)
+                  ) -> list[str]:
     "Reasons, independent of which groups are frozen, why `learn` cannot train on cached activations"
     dl,res = learn.dls.train,[]
     if not isinstance(dl, DataLoader): res.append("the training DataLoader is not a fastai DataLoader")
     else:
-        if augmentations(dl): res.append(f"the training data is augmented ({', '.join(type(f).__name__ for f in augmentations(dl))})")
+        if (augs := augmentations(dl)) and not (unaugmented and can_unaugment(dl)):
+            res.append(f"the training data is augmented ({', '.join(map(_describe, augs))})")
         if getattr(getattr(dl, 'before_batch', None), 'fs', None): res.append("the training data has batch-level transforms")
         if type(dl).__name__ == 'DistributedDL': res.append("training is distributed")
         if getattr(dl, 'n_inp', 1) != 1: res.append(f"the model takes {dl.n_inp} inputs")
@@ -217,11 +242,14 @@ def _unsplit(s) -> str:
     return f"the children of `{type(s).__name__}`, run in order, do not compute its forward"
 
 # %% ../nbs/06_cache.ipynb #24d554a8
-def frozen_prefix(learn:Learner, stages:list[nn.Module]) -> tuple:
+def frozen_prefix(learn:Learner, stages:list[nn.Module],
+                  trains=None, moving=None, # As `frozen_stages`: for a choice not made yet (`cache_plan`)
+                 ) -> tuple:
     "How many leading `stages` of `learn.model` to cache (whole frozen layer groups), and why none when that is 0"
-    if (n := _whole_groups(learn, stages, frozen_stages(stages))): return n, None
-    s = first(s for s in stages if any(p.requires_grad for p in s.parameters()))  # the first stage that trains
-    if s is not None and next(s.children(), None) is not None and not all(p.requires_grad for p in s.parameters()):
+    if (n := _whole_groups(learn, stages, frozen_stages(stages, trains, moving))): return n, None
+    trains = ifnone(trains, lambda p: p.requires_grad)
+    s = first(s for s in stages if any(trains(p) for p in s.parameters()))  # the first stage that trains
+    if s is not None and next(s.children(), None) is not None and not all(trains(p) for p in s.parameters()):
         return 0, f"no frozen prefix: it would have to split a stage that trains in part, and {_unsplit(s)}"
     return 0, NO_PREFIX
 
@@ -256,8 +284,9 @@ def cache_activations(prefix:nn.Module, # The frozen stages
 # %% ../nbs/06_cache.ipynb #b725d323
 class _Activations:
     "What the first stages compute for the training and validation sets, in memory or in temporary files"
-    def __init__(self, prefix, dls, on_disk:bool, autocast):
-        (*self.train,ft),(*self.valid,fv) = [cache_activations(prefix, dl, on_disk, autocast()) for dl in (dls.train, dls.valid)]
+    def __init__(self, prefix, dls, on_disk:bool, autocast, unaug:bool=False):
+        with unaugmented(dls.train) if unaug else contextlib.nullcontext(): *self.train,ft = cache_activations(prefix, dls.train, on_disk, autocast())
+        *self.valid,fv = cache_activations(prefix, dls.valid, on_disk, autocast())
         self.files = [f for f in (ft, fv) if f is not None]
         self.where = f"on disk ({', '.join(f.name for f in self.files)})" if on_disk else 'in memory'
     def close(self):
@@ -282,6 +311,20 @@ class _Shortcut:
 # %% ../nbs/06_cache.ipynb #9d456595
 def _human(n): return next(f"{n/k:.1f} {u}" for k,u in ((2**30,'GiB'),(2**20,'MiB'),(2**10,'KiB'),(1,'B')) if n >= k or u == 'B')
 
+# %% ../nbs/06_cache.ipynb #631f2e3a
+def _precomputes(learn, trainable, precompute:bool) -> bool:
+    "Does `precompute` change this choice: only the head trains, and the training data has augmentation the validation transforms leave out"
+    dl = learn.dls.train
+    return bool(precompute and learn.n_groups > 1 and list(trainable) == [learn.n_groups-1] and augmentations(dl) and can_unaugment(dl))
+
+def _advice(learn, reason:str, precompute:bool) -> str:
+    "What to change so that the cache serves this phase ('' when there is nothing simple to change)"
+    if reason.startswith('the activations would take'): return "; raise FeatureCache's max_memory and max_disk to cache it"
+    if 'is augmented' not in reason: return ''
+    squish = "use Resize(..., method='squish')" if any(isinstance(f, Resize) for f in augmentations(learn.dls.train)) else "leave out the augmentation"
+    if precompute: return f"; {squish} to cache it (precompute serves only the phases that train the head alone)"
+    return f"; {squish}, or precompute=True to train the head on cached features of the un-augmented items until groups unfreeze"
+
 # %% ../nbs/06_cache.ipynb #9ed7aebb
 class FeatureCache(LeftOut, Callback):
     "Train on cached activations of the frozen prefix where that gives the same result as the normal path"
@@ -289,7 +332,8 @@ class FeatureCache(LeftOut, Callback):
     def __init__(self, enabled:bool=True, # Turn caching on or off
                  max_memory:int=2*2**30, # Keep at most this many bytes of activations in memory...
                  max_disk:int=20*2**30, # ...and at most this many in a temporary file, else train normally
-                 verbose:bool=True): # Say what is cached and how big it is
+                 verbose:bool=True, # Say what is cached, how big it is, and why a frozen phase is not cached
+                 precompute:bool|None=None): # Train the head alone on cached features of the un-augmented items; `None`: as the running `Schedule` says (off outside one)
         store_attr(); self.split,self.cached,self.shortcut,self.builds,self.reason = _Stages(),None,None,0,"not used yet"
         self.clear()
     def clear(self):
@@ -298,23 +342,27 @@ class FeatureCache(LeftOut, Callback):
         self.cached,self.key,self.n,self.active = None,None,0,False
 
     def before_fit(self):
-        self.after_fit(); self.checked = False  # (`after_fit` also undoes what an interrupted fit left)
+        self.after_fit(); self.checked,self.told = False,False  # (`after_fit` also undoes what an interrupted fit left)
         last = [cb for cb in self.learn.cbs if isinstance(cb, FeatureCache)][-1]
-        why = ("it is turned off" if not self.enabled else "another FeatureCache is in charge" if last is not self
-               else '; '.join(cache_blockers(self.learn)))
-        if why: self._off(why); self.run = False  # fastai skips this fit's other events
+        self.unaug = _precomputes(self.learn, self.learn.trainable_groups, self.precomputing)
+        if not self.enabled or last is not self: self._off("it is turned off" if not self.enabled else "another FeatureCache is in charge")
+        elif (why := cache_blockers(self.learn, self.unaug)): self._off('; '.join(why), tell=True)
+        else: return
+        self.run = False  # fastai skips this fit's other events
     def before_train(self):
         self.active = False
         if 0 in self.learn.trainable_groups: return self._off(NO_PREFIX)  # nothing to cache: skip taking the model apart
         if not self.checked: self.split.check(self.model, _sample(self.dls)); self.checked = True  # once per fit
-        if self.split.problem: return self._off(self.split.problem)
+        if self.split.problem: return self._off(self.split.problem, tell=True)
         n,why = frozen_prefix(self.learn, self.split.stages)
-        if n == 0: return self._off(why)
+        if n == 0: return self._off(why, tell=True)
         if self._key(n) != self.key and not self._build(n): return
-        self.reason = f"caching {n} frozen stages {self.cached.where}"
+        self.reason = f"caching {n} frozen stages {self.cached.where}" + (" of the un-augmented items (precompute)" if self.unaug else "")
         if self.shortcut is not None: self.shortcut.remove()
         self.shortcut = _Shortcut(self.model, nn.Sequential(*self.split.stages[n:]), self.cached.train[0].shape[1:])
         self.learn.dl,self.active = CachedDL(self.dls.train, *self.cached.train),True
+        if self.unaug: self._tell(f"precompute: {phase_label(self.learn)} trains the head on cached features of the un-augmented items (without "
+                                  f"{', '.join(map(_describe, augmentations(self.dls.train)))}); augmentation returns when groups unfreeze")
     def before_validate(self):
         if self.active and self.learn.dl is self.dls.valid: self.learn.dl = CachedDL(self.dls.valid, *self.cached.valid)
     def before_batch(self):
@@ -324,17 +372,30 @@ class FeatureCache(LeftOut, Callback):
         self.active = False
 
 # %% ../nbs/06_cache.ipynb #7c27eb50
+@patch(as_prop=True)
+def precomputing(self:FeatureCache) -> bool:
+    "`precompute`, or where that is `None` the setting of the `Schedule` running now"
+    if self.precompute is not None: return self.precompute
+    return running_phase(self.learn) is not None and getattr(self.learn.ft_log.schedule, 'precompute', False)
+
 @patch
-def _off(self:FeatureCache, reason):
-    "Stand aside for this epoch, saying why (and drop what was cached)"
+def _tell(self:FeatureCache, line:str):
+    "Print `line` once per fit, where something is frozen and `verbose` is on"
+    if self.verbose and not self.told and 0 not in self.learn.trainable_groups: print(f"FeatureCache: {line}")
+    self.told = True
+
+@patch
+def _off(self:FeatureCache, reason, tell:bool=False):
+    "Stand aside for this epoch, saying why (once per fit, with what to change, when `tell`), and drop what was cached"
     if self.key is not None: self.clear()  # what was cached no longer applies: drop it
     self.reason,self.active = reason,False
+    if tell: self._tell(f"not used in {phase_label(self.learn)}: {reason}{_advice(self.learn, reason, self.precomputing)}")
 
 @patch
 def _key(self:FeatureCache, n):
-    "What the cache of the first `n` stages depends on: their tensors and versions, the data, the precision"
+    "What the cache of the first `n` stages depends on: their tensors and versions, the data and its transforms, the precision"
     mp = first(cb for cb in self.cbs if isinstance(cb, MixedPrecision))
-    return (n, self.split.version, id(self.dls.train.dataset), id(self.dls.valid.dataset), self.dls.train.n,
+    return (n, self.split.version, id(self.dls.train.dataset), id(self.dls.valid.dataset), self.dls.train.n, self.unaug,
             getattr(mp, 'amp_mode', None), tuple((t.data_ptr(), t._version) for t in self.split.prefix_tensors(n)))
 
 # %% ../nbs/06_cache.ipynb #ce612e22
@@ -343,10 +404,10 @@ def _build(self:FeatureCache, n) -> bool:
     "Compute and keep the activations of the first `n` stages, or stand aside if they would not fit"
     self.clear(); prefix = nn.Sequential(*self.split.stages[:n])
     nbytes = _nbytes(prefix, self.dls, _autocast(self.learn))
-    if nbytes > self.max_memory + self.max_disk: return self._off(f"the activations would take {_human(nbytes)}")
+    if nbytes > self.max_memory + self.max_disk: return self._off(f"the activations would take {_human(nbytes)}", tell=True)
     if self.verbose: print(f"FeatureCache: computing the frozen prefix ({n} of {len(self.split.stages)} stages) once for "
                            f"{self.dls.train.n}+{self.dls.valid.n} items: {_human(nbytes)}")
-    self.cached = _Activations(prefix, self.dls, nbytes > self.max_memory, partial(_autocast, self.learn))
+    self.cached = _Activations(prefix, self.dls, nbytes > self.max_memory, partial(_autocast, self.learn), self.unaug)
     self.key,self.n,self.builds = self._key(n),n,self.builds+1
     return True
 
@@ -370,28 +431,54 @@ def group_flops(self:Learner) -> np.ndarray:
         res[grp[name]] += own
     return res
 
-# %% ../nbs/06_cache.ipynb #5a112541
+# %% ../nbs/06_cache.ipynb #a3577282
+def _norm_ids(learn) -> set: return set(map(id, norm_bias_params(learn.model, with_bias=False)))
+
 def _norm_groups(learn) -> set:
     "Groups that hold norm layers' parameters"
-    ids,g = set(map(id, norm_bias_params(learn.model, with_bias=False))),_group_of(learn)
+    ids,g = _norm_ids(learn),_group_of(learn)
     return {g[i] for i in ids if i in g}
 
 @patch
+def cache_plan(self:Learner, trainable=None, # Groups that train; default: the learner's trainable groups
+               bn_policy:str|None=None, # BatchNorm policy; default: the learner's
+               precompute:bool|None=None, # Train the head alone on un-augmented items; default: the feature cache's setting
+              ) -> tuple:
+    "The layer groups `learn.feature_cache` would compute once while `trainable` train, or none and why: what `FeatureCache` then does"
+    fc = getattr(self, 'feature_cache', None)
+    if fc is None: return [], "the learner has no FeatureCache"
+    if not fc.enabled: return [], "it is turned off"
+    tr = set(self.group_idxs(trainable) if trainable is not None else self.trainable_groups)
+    bn,unaug = ifnone(bn_policy, getattr(self, 'bn_policy', 'train')),_precomputes(self, sorted(tr), ifnone(precompute, fc.precompute))
+    if (why := cache_blockers(self, unaug)): return [], '; '.join(why)
+    if 0 in tr: return [], NO_PREFIX
+    st = fc.split.check(self.model, _sample(self.dls))
+    if st.problem: return [], st.problem
+    g = _group_of(self)
+    trains = lambda p: g.get(id(p)) in tr or (bn == 'train' and id(p) in _norm_ids(self))  # 'train': norm layers of frozen groups train
+    held = lambda m: isinstance(m, bn_types) and bn in ('eval', 'adapt') and not any(trains(p) for p in m.parameters())  # fastai's `BnFreeze`
+    n,why = frozen_prefix(self, st.stages, trains, lambda m: _stateful(m) and not held(m))
+    if n == 0: return [], why
+    if (nb := _nbytes(nn.Sequential(*st.stages[:n]), self.dls, _autocast(self))) > fc.max_memory + fc.max_disk: return [], f"the activations would take {_human(nb)}"
+    return sorted({g[id(p)] for s in st.stages[:n] for p in s.parameters() if id(p) in g}), None
+
+# %% ../nbs/06_cache.ipynb #5a112541
+@patch
 def compute_estimate(self:Learner, trainable=None, # Groups that train; default: the learner's trainable groups
                      bn_policy:str|None=None, # BatchNorm policy; default: the learner's
-                     cached:bool|None=None, # Assume the frozen prefix is cached; default: whether it can be
+                     cached:bool|None=None, # Assume the frozen groups below the first trained one are cached; default: what `cache_plan` says
+                     precompute:bool|None=None, # Passed to `cache_plan`
                     ) -> dict:
-    "Estimated compute of a training step for a choice of trainable groups, relative to training every group"
+    "Estimated compute of a training step for a choice of trainable groups, relative to training every group, and whether (or why not) it is cached"
     key = (id(self.model), self.n_groups)
     if getattr(self, '_flops', (None,))[0] != key: self._flops = (key, self.group_flops())
     f = self._flops[1]
     tr = sorted(self.group_idxs(trainable) if trainable is not None else self.trainable_groups)
     bn = ifnone(bn_policy, getattr(self, 'bn_policy', 'train'))
-    if not tr: return dict(relative=0., first_trained=len(f), cached=False)
+    if not tr: return dict(relative=0., first_trained=len(f), cached=False, reason="nothing trains")
     first = min([tr[0]] + ([g for g in _norm_groups(self) if g < tr[0]] if bn == 'train' else []))  # 'train': frozen norm layers train
-    if cached is None:
-        fc = getattr(self, 'feature_cache', None)
-        cached = bool(fc is not None and fc.enabled and not cache_blockers(self) and bn in ('eval', 'adapt') and first > 0)
-    fwd = f[first:].sum() if cached else f.sum()
+    if cached is None: groups,why = self.cache_plan(tr, bn, precompute)
+    else: groups,why = (list(range(first)) if cached else []),None
+    fwd = f.sum() - f[groups].sum()
     bwd = sum(2*f[i] if i in tr else f[i] for i in range(first, len(f)))
-    return dict(relative=float((fwd+bwd)/(3*f.sum())), first_trained=first, cached=cached)
+    return dict(relative=float((fwd+bwd)/(3*f.sum())), first_trained=first, cached=bool(groups), reason=why)

@@ -139,15 +139,16 @@ class Schedule:
                  patience:int|None=None, # End a phase early after this many epochs without improvement
                  restore_best:bool=False, # Load each phase's best weights back before the next phase
                  monitor:str='valid_loss', # What `patience` and `restore_best` watch
-                 keep_state:bool=True): # Groups that keep training keep their optimiser state
+                 keep_state:bool=True, # Groups that keep training keep their optimiser state
+                 precompute:bool=False): # Phases that train the head alone train it on cached features of the un-augmented items (fastai v0.7's `precompute=True`, in `06_cache`)
         self.phases = [p if isinstance(p, Phase) else Phase(**p) for p in phases]
-        store_attr('patience,restore_best,monitor,keep_state')
+        store_attr('patience,restore_best,monitor,keep_state,precompute')
         self.bn_policy = bn_policy_name(bn_policy)  # a schedule saved with 'frozen' reads as 'eval'
 
     def to_dict(self) -> dict:
         "Plain data: the schedule's settings and its phases"
         return dict(bn_policy=self.bn_policy, patience=self.patience, restore_best=self.restore_best,
-                    monitor=self.monitor, keep_state=self.keep_state, phases=[_phase_dict(p) for p in self.phases])
+                    monitor=self.monitor, keep_state=self.keep_state, precompute=self.precompute, phases=[_phase_dict(p) for p in self.phases])
     def __eq__(self, other): return isinstance(other, Schedule) and self.to_dict()==other.to_dict()
     def __len__(self): return len(self.phases)
     def __repr__(self): return f"Schedule of {len(self)} phases (bn_policy={self.bn_policy!r})\n{self.table()}"
@@ -180,7 +181,7 @@ def _phase_fields(p, i:int) -> dict:
 def from_dict(cls:Schedule, d:dict):
     "Schedule from `to_dict`'s output (or a file's), its numbers read as numbers; a file's `groups: k` is read as `top: k`, as written"
     d = dict(d)
-    unknown = set(d) - {'bn_policy', 'patience', 'restore_best', 'monitor', 'keep_state', 'phases'}
+    unknown = set(d) - {'bn_policy', 'patience', 'restore_best', 'monitor', 'keep_state', 'precompute', 'phases'}
     if unknown: raise ValueError(f"Unknown schedule settings: {', '.join(sorted(unknown))}")
     if not isinstance(d.get('phases', []), list): raise ValueError(f"phases must be a list of phases, got {d['phases']!r}")
     phases = [_phase_fields(p, i) for i,p in enumerate(d.get('phases', []))]
