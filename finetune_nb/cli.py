@@ -10,7 +10,7 @@ from fastcore.docments import docments
 
 # %% auto #0
 __all__ = ['DemoError', 'update_steps', 'CLIError', 'DemoStopped', 'Terminated', 'resolve_device', 'default_threads', 'check_out',
-           'fit_batch_size', 'demo', 'audit', 'update', 'add_options', 'main']
+           'fit_batch_size', 'train', 'demo', 'audit', 'update', 'predict', 'add_options', 'main']
 
 # %% ../nbs/19_cli.ipynb #b2ff730f
 class CLIError(ValueError):
@@ -72,18 +72,19 @@ def fit_batch_size(bs:int, n_train:int) -> tuple[int, str]:
     return n_train, f"--bs {bs} is more than the {n_train} training images: training with batches of {n_train}, so that every epoch trains."
 
 # %% ../nbs/19_cli.ipynb #df1055c3
-def _check_options(epochs, size, k_shot, lr, n_groups, bs, bn_policy, threads, device, precision, label_smoothing=0.) -> str:
+def _check_options(epochs, size, k_shot, lr, n_groups, bs, bn_policy, threads, device, precision, label_smoothing=0., arch='efficientnet_lite0', digits=True) -> str:
     "Check the demo's options before any work, raising a `CLIError` that names the first bad one; the torch device"
     _positive('epochs', epochs); _positive('size', size); _positive('k-shot', k_shot, allow_none=True)
     _positive('groups', n_groups); _positive('bs', bs); _positive('threads', threads, allow_none=True)
     if not (math.isfinite(lr) and lr > 0): raise CLIError(f"--lr must be a positive number, got {lr}")
     if not 0 <= label_smoothing < 1: raise CLIError(f"--label-smoothing must be at least 0 and below 1, got {label_smoothing}")
     if size < 32: raise CLIError(f"--size must be at least 32 pixels, got {size}")
+    if k_shot is not None and not digits: raise CLIError("--k-shot applies to the digits only: give DATA the images to train on")
     if k_shot is not None and k_shot > 140: raise CLIError(f"--k-shot must be at most 140 (training images of the rarest digit), got {k_shot}")
     from finetune_nb.models import efficientnet_lite0
     from finetune_nb.groups import layer_groups, bn_policies
     n_max = len(layer_groups(efficientnet_lite0(pretrained=False)))
-    if n_groups > n_max: raise CLIError(f"--groups must be at most {n_max} (the layer groups EfficientNet-Lite0 has), got {n_groups}")
+    if arch == 'efficientnet_lite0' and n_groups > n_max: raise CLIError(f"--groups must be at most {n_max} (the layer groups EfficientNet-Lite0 has), got {n_groups}")
     if bn_policy not in bn_policies: raise CLIError(f"--bn-policy must be one of {', '.join(bn_policies)}, got {bn_policy!r}")
     dev = resolve_device(device)
     from finetune_nb.hardware import precision_problem
@@ -133,34 +134,104 @@ def _write_results(learn, out:Path, t0:float, interrupted:bool=False, quiet:bool
         print("\n" + h[cols].to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     return summary
 
-# %% ../nbs/19_cli.ipynb #9a7e516b
-def _demo_learner(size, bs, seed, k_shot, dev, n_groups, precision, channels_last, compile, quiet, label_smoothing=0.):
-    "The demo's learner: digits and EfficientNet-Lite0 with finetune_nb's callbacks, its baseline recorded"
-    from fastai.vision.all import set_seed, ProgressCallback, LabelSmoothingCrossEntropyFlat
-    from finetune_nb.data import digits_dls
+# %% ../nbs/19_cli.ipynb #57ee760e
+def _csv_problem(f:Path) -> str|None:
+    "What is wrong with the CSV `f` as a list of image paths (relative to its folder) and labels, or `None`"
+    import pandas as pd
+    try: df = pd.read_csv(f)
+    except Exception as e: return f"{f}: cannot be read as a CSV ({type(e).__name__})"
+    if df.shape[1] < 2 or len(df) < 2: return f"{f}: needs two columns, an image's path and its label, and a row per image"
+    root = f.parent.resolve()
+    for p in df.iloc[:, 0].astype(str):
+        q = (f.parent/p).resolve()
+        if not q.is_relative_to(root): return f"{f}: {p!r} is outside the CSV's folder {f.parent}"
+        if not q.is_file(): return f"{f}: no image at {p!r}"
+    if few := [c for c,n in df.iloc[:, 1].value_counts().items() if n < 2]: return f"{f}: class {few[0]!r} has only one image; each class needs at least 2"
+    return None
+
+# %% ../nbs/19_cli.ipynb #c7a5d900
+def _data_problem(data:str) -> str|None:
+    "What is wrong with DATA (a folder of class folders, with or without train/ and valid/, or a CSV), or `None`"
+    from finetune_nb.audit import image_folder_problem
+    p = Path(data)
+    if p.suffix.lower() == '.csv' and p.is_file(): msg = _csv_problem(p)
+    else: msg = image_folder_problem(p)
+    if msg or not (p/'train').is_dir() or not (p/'valid').is_dir(): return msg
+    tr,va = ({d.name for d in (p/s).iterdir() if d.is_dir()} for s in ('train', 'valid'))
+    if extra := sorted(va - tr): return f"{p}: valid/ has classes that train/ has not: {', '.join(extra)}"
+    return None
+
+# %% ../nbs/19_cli.ipynb #a1db78da
+def _image_dls(data, size:int, bs:int, valid_pct:float, seed:int, stats, device=None) -> tuple:
+    "DataLoaders of DATA as `_data_problem` accepts it, items squished to `size`; and notes on what of its folder was skipped"
+    import pandas as pd
+    from fastai.vision.all import DataBlock, ImageBlock, CategoryBlock, parent_label, RandomSplitter, GrandparentSplitter, ColReader, Resize, ResizeMethod, Normalize
+    from finetune_nb.audit import image_files
+    data = Path(data)
+    kw = dict(blocks=(ImageBlock, CategoryBlock), item_tfms=Resize(size, method=ResizeMethod.Squish), batch_tfms=Normalize.from_stats(*stats))
+    if data.suffix.lower() == '.csv':
+        df = pd.read_csv(data)
+        db = DataBlock(get_x=ColReader(df.columns[0], pref=f"{data.parent}/"), get_y=ColReader(df.columns[1]), splitter=RandomSplitter(valid_pct, seed=seed), **kw)
+        return db.dataloaders(df, bs=bs, num_workers=0, device=device), []
+    files,notes = image_files(data)
+    split = GrandparentSplitter('train', 'valid') if (data/'train').is_dir() and (data/'valid').is_dir() else RandomSplitter(valid_pct, seed=seed)
+    db = DataBlock(get_y=parent_label, splitter=split, **kw)
+    return db.dataloaders(files, path=data, bs=bs, num_workers=0, device=device), notes  # as fastai's `ImageDataLoaders.from_folder`, on these files
+
+# %% ../nbs/19_cli.ipynb #7e599bc3
+def _arch_stats(arch:str):
+    "The normalisation statistics `arch` was pretrained with: EfficientNet-Lite0's 0.5 and 0.5 (a file it saved has them too), else ImageNet's"
+    from fastai.vision.all import imagenet_stats
+    if arch == 'efficientnet_lite0': return ([0.5]*3, [0.5]*3)
+    if Path(arch).suffix in ('.pth', '.pt'):
+        from finetune_nb.saving import read_saved
+        return tuple(read_saved(arch).get('stats') or imagenet_stats)
+    return imagenet_stats
+
+# %% ../nbs/19_cli.ipynb #d78c91b2
+def _arch_model(arch:str, n_out:int):
+    "What `finetune_learner` gets for `--arch`: a name, or the model in a file that `train` saved, with a new head when the classes differ"
+    if Path(arch).suffix not in ('.pth', '.pt'): return arch
+    from finetune_nb.saving import read_saved
+    from finetune_nb.models import efficientnet_lite0
+    try: d = read_saved(arch)
+    except (ValueError, FileNotFoundError) as e: raise CLIError(f"--arch {arch}: {e}") from None
+    if d.get('arch') != 'efficientnet_lite0': raise CLIError(f"--arch {arch}: holds a {d.get('arch')!r} model; give its name instead (only EfficientNet-Lite0 files are read back)")
+    m = efficientnet_lite0(len(d['vocab']), pretrained=False)
+    m.load_state_dict(d['state_dict'])
+    if len(d['vocab']) != n_out: m.reset_classifier(n_out)  # timm's way to a new head
+    return m
+
+# %% ../nbs/19_cli.ipynb #d1f87c9c
+def _train_learner(dls, arch:str, n_groups:int, precision, channels_last, compile, quiet, label_smoothing=0.):
+    "The learner `train` fine-tunes: `arch` on `dls` with finetune_nb's callbacks, its baseline recorded"
+    from fastai.vision.all import ProgressCallback, LabelSmoothingCrossEntropyFlat
     from finetune_nb.finetune import finetune_learner
+    from finetune_nb.models import OfflineError
     import finetune_nb.hardware, finetune_nb.report  # `Learner.to_hardware`, `Learner.record_baseline`
     import matplotlib; matplotlib.use('Agg')
-    set_seed(seed)
-    dls = digits_dls(size=size, bs=bs, seed=seed, k_shot=k_shot, device=dev)
     loss = LabelSmoothingCrossEntropyFlat(eps=label_smoothing) if label_smoothing else None  # None: fastai's loss for the labels
-    learn = finetune_learner(dls, n_groups=n_groups, loss_func=loss).to_hardware(precision, channels_last, compile)
+    try: learn = finetune_learner(dls, _arch_model(arch, dls.c), n_groups=n_groups, loss_func=loss)
+    except OfflineError as e: raise CLIError(f"--arch {arch}: {e}") from None
+    learn = learn.to_hardware(precision, channels_last, compile)
     if quiet: learn.remove_cb(ProgressCallback)
-    if hasattr(learn, 'divergence_guard'): learn.divergence_guard.verbose = False  # the demo says it in its own words
+    if hasattr(learn, 'divergence_guard'): learn.divergence_guard.verbose = False  # the command says it in its own words
     learn.record_baseline()  # accuracy of the pretrained body with its new, untrained head
     return learn
 
 # %% ../nbs/19_cli.ipynb #7ae8c578
 _disk_full = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
-def _run(learn, sch, out:Path, meta:dict, resume:bool) -> dict:
+def _run(learn, sch, out:Path, meta:dict, resume:bool, quiet:bool=False) -> dict:
     "Run `sch`, saving every epoch, then the model, the results and the report; a stop of any kind ends in one line"
     from finetune_nb.saving import SaveEachEpoch, save_finetuned
     from finetune_nb.report import finetune_report
+    from finetune_nb.progress import plain_progress
     model_path,t0 = out/'model.pth',time.time()
     saver = SaveEachEpoch(model_path, **meta)
     try:
-        hist = sch.run(learn, cbs=saver, resume=resume, ckpt_dir=out/'checkpoints')
+        with plain_progress(learn, plain=False if quiet else None):  # one line per epoch where stdout is not a terminal
+            hist = sch.run(learn, cbs=saver, resume=resume, ckpt_dir=out/'checkpoints')
         if (d := getattr(learn, 'diverged', None)) is not None:
             _write_results(learn, out, t0, interrupted=True)
             raise DemoStopped(f"{d.message.splitlines()[0]} Left in place: {_saved_line(model_path)}. "
@@ -185,50 +256,89 @@ def _run(learn, sch, out:Path, meta:dict, resume:bool) -> dict:
           f"the evaluation report to {paths['report.html']}.")
     return summary
 
-# %% ../nbs/19_cli.ipynb #23b5fa53
-def demo(epochs:int=3, # Epochs of the last phase (every group training)
-         size:int=64, # Image size in pixels
-         k_shot:int|None=None, # Training images per class (default: all, about 144)
-         out:str='finetune_demo', # Output folder
-         device:str='auto', # auto, cpu, cuda, cuda:N or mps
-         lr:float=1e-2, # Learning rate of the head
-         n_groups:int=4, # Layer groups, head included
-         bs:int=64, # Batch size (at most the number of training images)
-         seed:int=42, # Seed of the split and of training
-         precision:str='fp32', # fp32, bf16 or fp16 mixed precision (fp16 needs a GPU)
-         channels_last:bool=True, # Train in the channels-last memory format (convolutions about 1.5 times faster on a CPU)
-         compile:bool=False, # Compile the model with torch.compile
-         bn_policy:str='adapt', # Norm layers of frozen groups: adapt (statistics re-estimated once, then held: frozen phases use the feature cache), train (fastai's), stats or eval
-         label_smoothing:float=0.1, # Label smoothing of the loss (fastai's LabelSmoothingCrossEntropyFlat); 0 for plain cross-entropy
-         threads:int|None=None, # Torch CPU threads (default: 1 on 2 cores or fewer, else min(4, cores))
-         resume:bool=False, # Continue the run interrupted in --out from its last completed epoch
-         quiet:bool=False): # No progress bars
-    "Fine-tune the offline EfficientNet-Lite0 on scikit-learn's digits with progressive unfreezing"
+# %% ../nbs/19_cli.ipynb #e2344159
+def _prepare_out(out:str, resume:bool, opts:dict) -> Path:
+    "The output folder, created, cleared of a killed write's temporary files, and holding the run's options (checked against them with `resume`)"
+    from finetune_nb.saving import drop_temporary
+    out = check_out(out)
+    drop_temporary(out)  # of a write killed mid-way (`model.pth`): only finetune_nb's own, and only a dead process's
+    _check_resume(out, opts, resume)
+    return out
+
+# %% ../nbs/19_cli.ipynb #552a0db8
+def _train_data_learner(data, arch, size, bs, seed, k_shot, valid_pct, dev, n_groups, precision, channels_last, compile, quiet, label_smoothing):
+    "The learner `train` runs on DATA (or the digits), its batch size fitted to the training set; and what it fine-tunes, in words"
+    from fastai.vision.all import set_seed
+    from finetune_nb.data import digits_dls, digits_arrays, digits_split
+    n_train = len(digits_split(digits_arrays()[1], 0.2, seed, k_shot)[0]) if data is None else None
+    for attempt in range(2):
+        if n_train is not None and (fit := fit_batch_size(bs, n_train))[0] != bs: bs = fit[0]; print(fit[1])
+        set_seed(seed)
+        if data is None: dls,notes = digits_dls(size=size, bs=bs, seed=seed, k_shot=k_shot, device=dev),[]
+        else: dls,notes = _image_dls(data, size, bs, valid_pct, seed, _arch_stats(arch), dev)
+        if n_train is not None or bs <= len(dls.train_ds): break
+        n_train = len(dls.train_ds)
+    for n in notes: print(f"Note: {n}")
+    name = 'EfficientNet-Lite0 (ImageNet weights, offline)' if arch == 'efficientnet_lite0' else arch
+    what = f"{name} on " + ("scikit-learn digits" if data is None else f"{data} ({dls.c} classes: {', '.join(map(str, dls.vocab[:8]))}{', …' if dls.c > 8 else ''})")
+    return _train_learner(dls, arch, n_groups, precision, channels_last, compile, quiet, label_smoothing), what
+
+# %% ../nbs/19_cli.ipynb #3428cf8a
+def _export(learn, out:Path):
+    "Write fastai's export of `learn` (`load_learner` reads it where finetune_nb is not installed), or say in one line why there is none"
+    try: learn.export(out/'export.pkl')
+    except Exception as e: print(f"No fastai export: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (model.pth holds the weights)"); return
+    print(f"Saved fastai's export to {out/'export.pkl'}: load_learner reads it, and predicts, without finetune_nb.")
+
+# %% ../nbs/19_cli.ipynb #9d9263dd
+def train(data:str|None=None, # Your images: a folder with a sub-folder per class, a folder with train/ and valid/, or a CSV of path,label (default: scikit-learn's digits)
+          arch:str='efficientnet_lite0', # efficientnet_lite0 (ImageNet weights, offline), a timm model name, or a model.pth that train wrote
+          epochs:int=3, # Epochs of the last phase (every group training)
+          size:int=64, # Image size in pixels
+          k_shot:int|None=None, # Training images per class, digits only (default: all, about 144)
+          valid_pct:float=0.2, # Share of DATA kept for validation, when it has no valid/ folder
+          out:str|None=None, # Output folder (default: finetune_demo for the digits, finetune_run for DATA)
+          device:str='auto', # auto, cpu, cuda, cuda:N or mps
+          lr:float=1e-2, # Learning rate of the head
+          n_groups:int=4, # Layer groups, head included
+          bs:int=64, # Batch size (at most the number of training images)
+          seed:int=42, # Seed of the split and of training
+          precision:str='fp32', # fp32, bf16 or fp16 mixed precision (fp16 needs a GPU)
+          channels_last:bool=True, # Train in the channels-last memory format (convolutions about 1.5 times faster on a CPU)
+          compile:bool=False, # Compile the model with torch.compile
+          bn_policy:str='adapt', # Norm layers of frozen groups: adapt (statistics re-estimated once, then held: frozen phases use the feature cache), train (fastai's), stats or eval
+          label_smoothing:float=0.1, # Label smoothing of the loss (fastai's LabelSmoothingCrossEntropyFlat); 0 for plain cross-entropy
+          threads:int|None=None, # Torch CPU threads (default: 1 on 2 cores or fewer, else min(4, cores))
+          resume:bool=False, # Continue the run interrupted in --out from its last completed epoch
+          quiet:bool=False): # No progress bars
+    "Fine-tune a pretrained model on your images (or the offline digits) with progressive unfreezing: model, export, curves, report"
     from finetune_nb.groups import bn_policy_name
     bn_policy = bn_policy_name(bn_policy)  # --bn-policy frozen: its name before eval
-    dev = _check_options(epochs, size, k_shot, lr, n_groups, bs, bn_policy, threads, device, precision, label_smoothing)
-    from finetune_nb.data import digits_arrays, digits_split
-    n_train = len(digits_split(digits_arrays()[1], 0.2, seed, k_shot)[0])
-    out = check_out(out)
-    from finetune_nb.saving import drop_temporary
-    drop_temporary(out)  # of a write killed mid-way (`model.pth`): only finetune_nb's own, and only a dead process's
-    _check_resume(out, dict(epochs=epochs, size=size, k_shot=k_shot, lr=lr, n_groups=n_groups, bs=bs, seed=seed, bn_policy=bn_policy,
-                            label_smoothing=label_smoothing), resume)
+    dev = _check_options(epochs, size, k_shot, lr, n_groups, bs, bn_policy, threads, device, precision, label_smoothing, arch=arch, digits=data is None)
+    if data is not None and (msg := _data_problem(data)): raise CLIError(msg)
+    if data is not None and not 0 < valid_pct < 1: raise CLIError(f"--valid-pct must be between 0 and 1, got {valid_pct}")
+    out = _prepare_out(out or ('finetune_demo' if data is None else 'finetune_run'), resume,
+                       dict(data=str(data), arch=arch, epochs=epochs, size=size, k_shot=k_shot, valid_pct=valid_pct, lr=lr, n_groups=n_groups, bs=bs,
+                            seed=seed, bn_policy=bn_policy, label_smoothing=label_smoothing))
     import torch
     n_threads = threads or default_threads()
     torch.set_num_threads(n_threads)
-    bs,note = fit_batch_size(bs, n_train)
-    if note: print(note)
-    learn = _demo_learner(size, bs, seed, k_shot, dev, n_groups, precision, channels_last, compile, quiet, label_smoothing)
+    learn,what = _train_data_learner(data, arch, size, bs, seed, k_shot, valid_pct, dev, n_groups, precision, channels_last, compile, quiet, label_smoothing)
     from finetune_nb.schedule import progressive_schedule
     sch = progressive_schedule(learn.n_groups, epochs, lr, bn_policy=bn_policy)
-    print(f"Fine-tuning EfficientNet-Lite0 (ImageNet weights, offline) on scikit-learn digits: "
-          f"{len(learn.dls.train_ds)} train / {len(learn.dls.valid_ds)} valid images at {size}px, on {dev}"
+    print(f"Fine-tuning {what}: {len(learn.dls.train_ds)} train / {len(learn.dls.valid_ds)} valid images at {size}px, on {dev}"
           + (f" with {n_threads} CPU thread{'s' if n_threads > 1 else ''}." if dev == 'cpu' else '.'))
     print(f"Progressive unfreezing over {learn.n_groups} layer groups, ULMFiT learning rates (head {lr:g}, factor 2.6)"
           + (f", label smoothing {label_smoothing:g}:" if label_smoothing else ":"))
     print(sch.table(learn).to_string(), flush=True)
-    return _run(learn, sch, out, dict(arch='efficientnet_lite0', size=size, stats=([0.5]*3, [0.5]*3)), resume)
+    res = _run(learn, sch, out, dict(arch=arch if Path(arch).suffix not in ('.pth', '.pt') else 'efficientnet_lite0', size=size, stats=_arch_stats(arch)), resume, quiet)
+    _export(learn, out)
+    return res
+
+# %% ../nbs/19_cli.ipynb #25c03dfd
+def demo(**kwargs):
+    "Fine-tune the offline EfficientNet-Lite0 on scikit-learn's digits with progressive unfreezing: `train` without DATA"
+    return train(**kwargs)
 
 # %% ../nbs/19_cli.ipynb #68641602
 def _audit_checks(data, noise, size, bs, folds, valid_pct, top):
@@ -240,8 +350,7 @@ def _audit_checks(data, noise, size, bs, folds, valid_pct, top):
     if folds < 2: raise CLIError(f"--folds must be at least 2, got {folds}")
     if not 0 < valid_pct < 1: raise CLIError(f"--valid-pct must be between 0 and 1, got {valid_pct}")
     if importlib.util.find_spec('cleanlab') is None: raise CLIError("the audit needs cleanlab: pip install 'finetune_nb[audit]'")
-    from finetune_nb.audit import image_folder_problem
-    if data is not None and (msg := image_folder_problem(data)): raise CLIError(msg)
+    if data is not None and (msg := _data_problem(data)): raise CLIError(msg)
 
 # %% ../nbs/19_cli.ipynb #f4f2fbce
 def _noisy(dls, noise:float, seed:int) -> tuple:
@@ -258,19 +367,13 @@ def _noisy(dls, noise:float, seed:int) -> tuple:
 
 # %% ../nbs/19_cli.ipynb #6d956e54
 def _audit_dls(data, size:int, bs:int, valid_pct:float, seed:int) -> tuple:
-    "The data `finetune_nb audit` was asked to audit, and notes on what of its folder was skipped (`image_files`)"
-    from fastai.vision.all import DataBlock, ImageBlock, CategoryBlock, parent_label, RandomSplitter, Resize, ResizeMethod, Normalize
+    "The data `finetune_nb audit` was asked to audit (`_image_dls`: a train/ and valid/ split is honoured), and notes on what of its folder was skipped"
     from finetune_nb.data import digits_arrays, digits_split, array_dls
     from finetune_nb.models import lite0_stats
-    from finetune_nb.audit import image_files
-    if data is None:
-        imgs,ys = digits_arrays()
-        trn,val = digits_split(ys, seed=42)
-        return array_dls(imgs, ys, trn, val, size, bs), []
-    files,notes = image_files(data)
-    dblock = DataBlock(blocks=(ImageBlock, CategoryBlock), get_y=parent_label, splitter=RandomSplitter(valid_pct, seed=seed),
-                       item_tfms=Resize(size, method=ResizeMethod.Squish), batch_tfms=Normalize.from_stats(*lite0_stats))
-    return dblock.dataloaders(files, path=data, bs=bs, num_workers=0), notes  # as fastai's `ImageDataLoaders.from_folder`, on these files
+    if data is not None: return _image_dls(data, size, bs, valid_pct, seed, lite0_stats)
+    imgs,ys = digits_arrays()
+    trn,val = digits_split(ys, seed=42)
+    return array_dls(imgs, ys, trn, val, size, bs), []
 
 # %% ../nbs/19_cli.ipynb #391c0f33
 def _print_findings(audit, top:int, flipped=None):
@@ -413,11 +516,70 @@ def update(out:str='finetune_update', # Folder of the model registry
     try: _run_updates(check_out(out), steps, arch, size, dict(epochs=epochs, lr_max=lr, replay=replay, seed=seed), (tol, class_tol), dev, quiet)
     except (RegistryError, FolderInUse) as e: raise CLIError(str(e)) from None  # `FolderInUse`: another process holds the registry's lock
 
+# %% ../nbs/19_cli.ipynb #36305fe6
+def _predict_files(paths:list) -> list:
+    "The image files named by `paths` (images, or folders walked by `image_files`), or a `CLIError` for one that is missing"
+    from finetune_nb.audit import image_files
+    res = []
+    for p in map(Path, paths):
+        if p.is_dir(): res += list(image_files(p)[0])
+        elif p.is_file(): res.append(p)
+        else: raise CLIError(f"{p}: no such file or folder")
+    if not res: raise CLIError(f"no images in {', '.join(map(str, paths))}")
+    return res
+
+# %% ../nbs/19_cli.ipynb #b1955c1e
+def _predict_model(model:str):
+    "The model `train` saved in `model`, in eval mode, and what it was saved with (classes, size, statistics)"
+    from finetune_nb.saving import read_saved
+    try: d = read_saved(model)
+    except (ValueError, FileNotFoundError) as e: raise CLIError(str(e)) from None
+    if not d.get('vocab') or not d.get('size'): raise CLIError(f"{model}: saved without its classes or image size; save it with finetune_nb train")
+    if d.get('arch') == 'efficientnet_lite0':
+        from finetune_nb.models import efficientnet_lite0
+        m = efficientnet_lite0(len(d['vocab']), pretrained=False)
+    else:
+        from fastai.vision.all import create_vision_model
+        m = create_vision_model(d['arch'], len(d['vocab']), pretrained=False)  # as `vision_learner` made it
+    try: m.load_state_dict(d.pop('state_dict'))
+    except RuntimeError as e: raise CLIError(f"{model}: its weights do not fit a {d.get('arch')} model ({str(e).splitlines()[0]})") from None
+    return m.eval(),d
+
+# %% ../nbs/19_cli.ipynb #867ad4a7
+def predict(model:str, # A model.pth that `finetune_nb train` wrote
+            paths:list, # Images, or folders of images
+            out:str|None=None, # CSV file to write (default: print the CSV)
+            bs:int=64): # Images per forward pass
+    "Label images with a model that `finetune_nb train` saved: a CSV of file, label and probability"
+    import torch, PIL.Image, numpy as np, pandas as pd
+    from finetune_nb.report import csv_safe
+    m,d = _predict_model(model)
+    files = _predict_files(paths)
+    rows = {f:dict(file=str(f), label='', probability=float('nan'), error='') for f in files}  # in the order given
+    mean,std = (torch.tensor(s).view(3, 1, 1) for s in d.get('stats') or ([0.5]*3, [0.5]*3))
+    for i in range(0, len(files), bs):
+        xs,ok = [],[]
+        for f in files[i:i+bs]:
+            try:
+                with PIL.Image.open(f) as im: img = im.convert('RGB').resize((d['size'], d['size']), PIL.Image.BILINEAR)  # fastai's squish
+                xs.append((torch.tensor(np.asarray(img), dtype=torch.float32).permute(2, 0, 1)/255 - mean)/std); ok.append(f)
+            except Exception as e: rows[f]['error'] = f"cannot be read ({type(e).__name__})"
+        if xs:
+            with torch.no_grad(): p = torch.softmax(m(torch.stack(xs)).float(), 1)
+            for f,q,j in zip(ok, *p.max(1)): rows[f].update(label=str(d['vocab'][j]), probability=round(float(q), 4))
+    df = csv_safe(pd.DataFrame(list(rows.values())))
+    if out is None: print(df.to_csv(index=False), end='')
+    else: df.to_csv(check_out(Path(out).parent)/Path(out).name, index=False); print(f"Wrote {len(df)} predictions to {out}")
+
 # %% ../nbs/19_cli.ipynb #54385ccb
 def add_options(p:argparse.ArgumentParser, f, # Function whose parameters (annotated, with docments) become options
-                flags:dict|None=None): # Option names for parameters, where they differ from the parameter's name
+                flags:dict|None=None, # Option names for parameters, where they differ from the parameter's name
+                positional=()): # Parameters given by position: one value, or several for a `list`
     "Add an option to `p` for each parameter of `f`: its docment is the help, its annotation the type, its default the default"
     for k,v in docments(f, full=True, returns=False, eval_str=True).items():
+        if k in positional:
+            p.add_argument(k, nargs='+' if v.anno is list else '?' if v.default is not inspect.Parameter.empty else None, default=None, help=v.docment or '')
+            continue
         flag,help = '--' + (flags or {}).get(k, k).replace('_', '-'),v.docment or ''
         if v.anno is bool and v.default: p.add_argument(flag, dest=k, action=argparse.BooleanOptionalAction, default=True, help=f"{help} (default on)")
         elif v.anno is bool: p.add_argument(flag, dest=k, action='store_true', help=help)
@@ -429,14 +591,17 @@ def add_options(p:argparse.ArgumentParser, f, # Function whose parameters (annot
 
 # %% ../nbs/19_cli.ipynb #010b3916
 _commands = dict(audit=(audit, "Audit a labelled data set: label errors, duplicates, leaks, outliers, class balance"),
-                 update=(update, "Keep a model current as its data change: gated updates, every version kept"))
+                 update=(update, "Keep a model current as its data change: gated updates, every version kept"),
+                 predict=(predict, "Label images with a model that train saved: a CSV of file, label, probability"))
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='finetune_nb', description="Fine-tune pretrained PyTorch models with fastai")
     sub = p.add_subparsers(dest='cmd', metavar='command')
     d = sub.add_parser('demo', help="Fine-tune the offline EfficientNet-Lite0 on handwritten digits", description=demo.__doc__)
-    add_options(d, demo, flags=dict(n_groups='groups'))
-    for cmd,(f,help) in _commands.items(): add_options(sub.add_parser(cmd, help=help, description=f.__doc__), f)
+    add_options(d, train, flags=dict(n_groups='groups'))  # the demo is `train` without DATA: the same options
+    t = sub.add_parser('train', help="Fine-tune a pretrained model on your images: model, export, curves, report", description=train.__doc__)
+    add_options(t, train, flags=dict(n_groups='groups'), positional=('data',))
+    for cmd,(f,help) in _commands.items(): add_options(sub.add_parser(cmd, help=help, description=f.__doc__), f, positional=('model', 'paths') if f is predict else ())
     r = sub.add_parser('readme', help="Write README.md from nbs/index.ipynb (run in the repository)")
     r.add_argument('--check', action='store_true', help="only check that README.md is up to date")
     dc = sub.add_parser('docs', help="Render every notebook to HTML in _docs/ (run in the repository)")
@@ -473,14 +638,14 @@ def _on_sigterm(signum, frame):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated()
 
-def _demo_main(args) -> int:
-    "Run `demo` with the parsed `args`; the exit status, with one line on stderr for anything but success"
+def _train_main(cmd:str, args) -> int:
+    "Run `train` (as command `cmd`: demo or train) with the parsed `args`; the exit status, with one line on stderr for anything but success"
     try: old = signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError: old = None  # not the main thread: leave signals alone
-    try: demo(**{k:getattr(args, k) for k in inspect.signature(demo).parameters})
+    try: train(**{k:getattr(args, k) for k in inspect.signature(train).parameters})
     except (CLIError, ValueError) as e:  # a `CheckpointError` is a `ValueError`
-        print(f"finetune_nb demo: error: {e}", file=sys.stderr); return 2
-    except DemoStopped as e: print(f"finetune_nb demo: {e}", file=sys.stderr); return e.status
+        print(f"finetune_nb {cmd}: error: {e}", file=sys.stderr); return 2
+    except DemoStopped as e: print(f"finetune_nb {cmd}: {e}", file=sys.stderr); return e.status
     except KeyboardInterrupt as e:
         if not getattr(e, 'reported', False):  # `_run` said what was saved
             print(f"\n{'Stopped by SIGTERM' if isinstance(e, Terminated) else 'Interrupted'} before training started: nothing was saved.", file=sys.stderr)
@@ -500,5 +665,5 @@ def main(argv=None):
         from finetune_nb.docs import build_docs
         print(f"Wrote {build_docs('nbs', args.dest)/'index.html'}"); return 0
     if args.cmd in _commands: return _command(args.cmd, _commands[args.cmd][0], args)
-    if args.cmd != 'demo': p.print_help(); return 0 if args.cmd is None else 2
-    return _demo_main(args)
+    if args.cmd not in ('demo', 'train'): p.print_help(); return 0 if args.cmd is None else 2
+    return _train_main(args.cmd, args)

@@ -1,0 +1,75 @@
+"`finetune_nb train DATA` and `finetune_nb predict` as a new user meets them: a folder of their own images in, a model, an export, a report and predictions out; every bad input one line and exit status 2, with nothing written"
+import csv, os, subprocess, sys
+from pathlib import Path
+import numpy as np, PIL.Image, pytest
+
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore'}
+
+def run(*args, timeout=600):
+    return subprocess.run(['finetune_nb', *map(str, args)], capture_output=True, text=True, env=ENV, timeout=timeout)
+
+def write_digits(root:Path, classes=(0, 1, 7), n=10, split=False) -> Path:
+    "A user's folder: scikit-learn digits as 32 px PNGs, one sub-folder per class (under train/ and valid/ with `split`)"
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    for c in classes:
+        imgs = d.images[d.target == c][:n]
+        for i,im in enumerate(imgs):
+            sub = root/(('valid' if i % 4 == 0 else 'train') if split else '')/f'digit_{c}'
+            sub.mkdir(parents=True, exist_ok=True)
+            PIL.Image.fromarray((im*16).clip(0, 255).astype(np.uint8)).resize((32, 32)).save(sub/f'{i}.png')
+    return root
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    "One training run on a user's folder with train/ and valid/, shared by the tests that read what it wrote"
+    tmp = tmp_path_factory.mktemp('train')
+    data,out = write_digits(tmp/'imgs', split=True),tmp/'run'
+    r = run('train', data, '--epochs', 1, '--size', 32, '--bs', 8, '--out', out, '--quiet')
+    return data, out, r
+
+def test_train_writes_model_export_report(trained):
+    data,out,r = trained
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert '3 classes: digit_0, digit_1, digit_7' in r.stdout and '21 train / 9 valid images' in r.stdout, r.stdout  # the user's split: every 4th image in valid/
+    for f in ('model.pth', 'export.pkl', 'history.csv', 'training.png', 'summary.json', 'report/report.html'): assert (out/f).exists(), f
+    assert not any(p.name.endswith('.pth') for p in data.rglob('*')), 'nothing written into the data folder'
+
+def test_export_predicts_without_finetune_nb(trained):
+    _,out,_ = trained
+    code = ("import sys; sys.modules['finetune_nb'] = None\n"  # finetune_nb cannot be imported
+            "from fastai.vision.all import load_learner\n"
+            f"l = load_learner({str(out/'export.pkl')!r}); print(list(l.dls.vocab))")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=ENV, timeout=300)
+    assert r.returncode == 0 and "['digit_0', 'digit_1', 'digit_7']" in r.stdout, r.stderr[-2000:]
+
+def test_predict_csv(trained, tmp_path):
+    data,out,_ = trained
+    (tmp_path/'bad.png').write_bytes(b'')
+    r = run('predict', out/'model.pth', data/'valid', tmp_path/'bad.png', '--out', tmp_path/'p.csv')
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = list(csv.DictReader(open(tmp_path/'p.csv')))
+    assert len(rows) == 10 and {r['label'] for r in rows[:-1]} <= {'digit_0', 'digit_1', 'digit_7'}
+    assert all(0 < float(r['probability']) <= 1 for r in rows if r['label'])
+    assert [r for r in rows if not r['label']][0]['error'].startswith('cannot be read')
+    r = run('predict', out/'model.pth', tmp_path/'nothing_here')
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and 'no such file or folder' in r.stderr
+
+def bad_inputs(tmp:Path) -> list:
+    one = write_digits(tmp/'one_class', classes=(3,), n=4)
+    single = write_digits(tmp/'single', n=3); [f.unlink() for f in list((single/'digit_7').iterdir())[1:]]
+    empty_img = write_digits(tmp/'zero_byte', n=3); (empty_img/'digit_0'/'z.png').write_bytes(b'')
+    bomb = write_digits(tmp/'bomb', n=3); PIL.Image.new('1', (15000, 15000)).save(bomb/'digit_1'/'bomb.png')
+    (tmp/'empty').mkdir()
+    (tmp/'outside.csv').write_text('path,label\n../etc/passwd,a\nx.png,b\n')
+    return [(tmp/'nope', 'no such folder'), (tmp/'empty', 'found 0 class folders'), (one, 'found 1 class folder'),
+            (single, "class 'digit_7' has only one image"), (empty_img, 'cannot be read'), (bomb, 'cannot be read'),
+            (tmp/'outside.csv', "is outside the CSV's folder")]
+
+def test_bad_input_one_line_nothing_written(tmp_path):
+    for data,msg in bad_inputs(tmp_path):
+        out = tmp_path/f'out_{data.name}'
+        r = run('train', data, '--out', out, timeout=120)
+        assert r.returncode == 2, (data, r.stderr[-2000:])
+        assert len(r.stderr.strip().splitlines()) == 1 and msg in r.stderr, (data, r.stderr)
+        assert not out.exists(), data
