@@ -139,12 +139,13 @@ def fine_tune_progressive(self:Learner, epochs:int=3, # Epochs of the last phase
                           resume:bool=False, # Continue the run saved in `ckpt_dir` from its last completed epoch
                           ckpt_dir:str|Path|None=None, # Checkpoint folder (default: a new run folder in `runs_dir(learn)`; to resume, the newest run)
                           checkpoints:bool=True, # Keep checkpoints: the start, best and last weights, and the resume state
-                          keep:str='best') -> pd.DataFrame: # 'best': the start, the run's best and its last; 'all': every phase's best and last too
+                          keep:str='best', # 'best': the start, the run's best and its last; 'all': every phase's best and last too
+                          precompute:bool=False) -> pd.DataFrame: # Head-only phases train on cached features of the un-augmented items (`06_cache`)
     "Fine-tune with ULMFiT's gradual unfreezing and discriminative learning rates"
     _resplit(self)
     if self.n_groups < 2:
         raise ValueError(f"fine_tune_progressive unfreezes layer groups one by one, but this learner has one and auto_splitter finds no layer groups in "
                          f"{type(bare_model(self.model)).__name__}: give the Learner a splitter (splitter=auto_splitter, or your own), or use fit_one_cycle")
     sch = progressive_schedule(self.n_groups, epochs, lr_max, stage_epochs, groups_per_stage, factor, sched,
-                               bn_policy=bn_policy, patience=patience, restore_best=restore_best)
+                               bn_policy=bn_policy, patience=patience, restore_best=restore_best, precompute=precompute)
     return sch.run(self, cbs=cbs, resume=resume, ckpt_dir=ckpt_dir, checkpoints=checkpoints, keep=keep)

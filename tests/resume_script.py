@@ -50,7 +50,7 @@ def main():
     learn.remove_cb(ProgressCallback)
     sch = Schedule([Phase(1, 1, 1e-2, name='head'), Phase(2, 3, 1e-2, name='top 2'), Phase('all', 3, 5e-3, name='all')])
     rec = Batches(a.batch_sleep)
-    with learn.no_logging(): hist = sch.run(learn, cbs=rec, resume=a.resume, ckpt_dir=ckpt)
+    with learn.no_logging(): hist = sch.run(learn, cbs=rec, resume=a.resume, ckpt_dir=ckpt, keep='all')  # the tests read every phase's checkpoints
     torch.save(learn.model.state_dict(), a.out + '.pth')
     Path(a.out + '.json').write_text(json.dumps(dict(
         history=hist.drop(columns='phase_time').to_dict('records'), losses=learn.ft_log.losses, batches=rec.seen)))

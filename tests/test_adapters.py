@@ -171,7 +171,7 @@ def test_saved_schedule_with_policies(tmp_path):
 def test_restore_adapted(tmp_path):
     "A checkpoint of a LoRA phase loads into a model with other adapters after `restore_adapted` gives it the checkpoint's"
     learn = tiny_learner()
-    lora_run_schedule().run(learn, ckpt_dir=tmp_path)
+    lora_run_schedule().run(learn, ckpt_dir=tmp_path, keep='all')  # restore reads a phase's best
     # plain `restore` refuses, naming `restore_adapted`: the model's adapters are not the checkpoint's; it never loads weights into the wrong layers
     with pytest.raises(CheckpointError, match='restore_adapted'): learn.restore('middle lora', kind='best')
     meta = learn.restore_adapted('middle lora', kind='best')

@@ -41,7 +41,7 @@ def finished(tmp_path_factory):
     set_seed(0)
     learn = tiny_learner(synth_dls(n=32, bs=16, num_workers=0))
     sch = Schedule([Phase(1, 1, 1e-2), Phase('all', 1, 1e-2)])
-    with learn.no_bar(), learn.no_logging(): sch.run(learn, ckpt_dir=d/'run')
+    with learn.no_bar(), learn.no_logging(): sch.run(learn, ckpt_dir=d/'run', keep='all')  # every checkpoint: the planted manifests below name them
     return d, sch, learn
 
 @pytest.mark.parametrize('name', ['../victim.txt', 'ABSOLUTE', 'sub/../../victim.txt'])
