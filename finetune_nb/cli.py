@@ -191,7 +191,7 @@ def _arch_stats(arch:str):
 # %% ../nbs/19_cli.ipynb #d78c91b2
 def _arch_model(arch:str, n_out:int):
     "What `finetune_learner` gets for `--arch`: a name, or the model in a file that `train` saved, with a new head when the classes differ"
-    if Path(arch).suffix not in ('.pth', '.pt'): return arch
+    if not isinstance(arch, str) or Path(arch).suffix not in ('.pth', '.pt'): return arch  # a name, or a model already built
     from finetune_nb.saving import read_saved
     from finetune_nb.models import efficientnet_lite0
     try: d = read_saved(arch)
@@ -496,8 +496,42 @@ def _run_updates(out:Path, steps:list, arch:str, size:int, kw:dict, tols:tuple, 
         if r.kept: known = after
     print(f"\nRegistry {reg.path}:\n{reg.list().drop(columns=['data']).to_string(float_format=lambda x: f'{x:.3f}')}")
 
+# %% ../nbs/19_cli.ipynb #bee33835
+def _old_dls(old, size:int, bs:int, seed:int, stats, dev, opts:dict):
+    "The data a model was trained on, as `train` read it (`opts` are its options): the digits when `old` is None"
+    from finetune_nb.data import digits_dls
+    if old is None: return digits_dls(size=size, bs=bs, seed=seed, k_shot=opts.get('k_shot'), device=dev)
+    return _image_dls(old, size, bs, opts.get('valid_pct', 0.2), seed, stats, dev)[0]
+
+# %% ../nbs/19_cli.ipynb #e59ca397
+def _update_folder(data:str, model:str, kw:dict, tols:tuple, dev:str, quiet:bool):
+    "Update the model that `finetune_nb train` wrote in the folder `model` with the images in `data`; save it there if the gate keeps it"
+    from finetune_nb.registry import ModelRegistry
+    from finetune_nb.update import UpdateGate, pct_table
+    from finetune_nb.saving import torch_save_atomic, folder_lock
+    run = Path(model)
+    m,saved = _predict_model(run/'model.pth')
+    opts = json.loads((run/'options.json').read_text()) if (run/'options.json').exists() else {}
+    if (msg := _data_problem(data)): raise CLIError(msg)
+    old = None if opts.get('data') in (None, 'None') else opts['data']  # the data it was trained on: the update replays some of it
+    if old is not None and (msg := _data_problem(old)): raise CLIError(f"the model's training data is needed to replay it: {msg}")
+    size,bs,seed,stats = saved['size'],opts.get('bs', 64),kw['seed'],saved.get('stats') or ([0.5]*3, [0.5]*3)
+    learn = _train_learner(_old_dls(old, size, bs, seed, stats, dev, opts), m, opts.get('n_groups', 4), 'fp32', False, False, quiet, 0.)
+    new,_ = _image_dls(data, size, bs, opts.get('valid_pct', 0.2), seed, stats, dev)
+    print(f"Updating {run/'model.pth'} ({len(saved['vocab'])} classes) with {data}: {len(new.train_ds)} training images, classes {', '.join(map(str, new.vocab))}", flush=True)
+    with (learn.no_bar() if quiet else contextlib.nullcontext()), learn.no_logging():
+        r = learn.update(new, registry=run/'registry', gate=UpdateGate(*tols), note=f"finetune_nb update --data {data}", **kw)
+    print(r.drift.summary()); print(r.summary()); print(pct_table(r.table), flush=True)
+    if not r.kept: print(f"{run/'model.pth'} is unchanged."); return
+    with folder_lock(run):
+        torch_save_atomic({**{k:v for k,v in saved.items() if k != 'epochs_done'}, 'state_dict': {k:v.detach().cpu() for k,v in learn.model.state_dict().items()},
+                           'vocab': [str(v) for v in r.vocab]}, run/'model.pth')
+    print(f"Saved the updated model ({len(r.vocab)} classes) to {run/'model.pth'}; version {r.version} in {run/'registry'}, the model before as {r.backup}.")
+
 # %% ../nbs/19_cli.ipynb #fe2837dd
-def update(out:str='finetune_update', # Folder of the model registry
+def update(data:str|None=None, # New images of your own (a folder, as train reads one): update the model of --model with them
+           model:str|None=None, # With --data: the folder `finetune_nb train` wrote, whose model.pth is updated (its registry keeps every version)
+           out:str='finetune_update', # Without --data: folder of the model registry of the digits scenario
            steps:str='thick,classes', # Updates to run, in order: thick (thicker strokes), small (smaller digits), classes (the digits 5-9 arrive)
            arch:str='cnn', # cnn (a small CNN, fast on a CPU) or efficientnet_lite0 (the demo's model; use --size 64 or more)
            size:int=32, # Image size in pixels
@@ -509,12 +543,15 @@ def update(out:str='finetune_update', # Folder of the model registry
            seed:int=0, # Seed
            device:str='cpu', # cpu, cuda, cuda:N or mps
            quiet:bool=False): # No progress bars
-    "Keep a digit classifier current as its data change, new writing styles and new classes: every update gated, every version kept"
+    "Keep a model current as its data change, new classes included: every update gated, every version kept (without --data: a digits scenario)"
     steps,dev = _update_checks(steps, arch, size, epochs, lr, replay, tol, class_tol),resolve_device(device)
-    from finetune_nb.registry import RegistryError
     from finetune_nb.saving import FolderInUse
-    try: _run_updates(check_out(out), steps, arch, size, dict(epochs=epochs, lr_max=lr, replay=replay, seed=seed), (tol, class_tol), dev, quiet)
-    except (RegistryError, FolderInUse) as e: raise CLIError(str(e)) from None  # `FolderInUse`: another process holds the registry's lock
+    if data is not None and (model is None or not (Path(model)/'model.pth').is_file()): raise CLIError(f"--data needs --model, a folder that finetune_nb train wrote (with its model.pth), got {model}")
+    kw = dict(epochs=epochs, lr_max=lr, replay=replay, seed=seed)
+    try:
+        if data is not None: _update_folder(data, model, kw, (tol, class_tol), dev, quiet)
+        else: _run_updates(check_out(out), steps, arch, size, kw, (tol, class_tol), dev, quiet)
+    except (ValueError, FolderInUse) as e: raise CLIError(str(e)) from None  # a `RegistryError` is a `ValueError`; `FolderInUse`: another process holds the registry's lock
 
 # %% ../nbs/19_cli.ipynb #36305fe6
 def _predict_files(paths:list) -> list:

@@ -73,3 +73,21 @@ def test_bad_input_one_line_nothing_written(tmp_path):
         assert r.returncode == 2, (data, r.stderr[-2000:])
         assert len(r.stderr.strip().splitlines()) == 1 and msg in r.stderr, (data, r.stderr)
         assert not out.exists(), data
+
+def test_update_own_model_then_predict(trained, tmp_path):
+    "`finetune_nb update --data NEW --model RUN`: a new class arrives; the kept model predicts it, and the registry holds the model before"
+    import shutil, torch
+    data,out,_ = trained
+    run_dir = tmp_path/'run'; shutil.copytree(out, run_dir)
+    new = write_digits(tmp_path/'new', classes=(0, 1, 3, 7), n=24, split=True)
+    r = run('update', '--data', new, '--model', run_dir, '--epochs', 3, '--replay', 20, '--tol', 1, '--class-tol', 1, '--quiet')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'Saved the updated model (4 classes)' in r.stdout, r.stdout[-2000:]
+    saved = torch.load(run_dir/'model.pth', weights_only=True)
+    assert saved['vocab'] == ['digit_0', 'digit_1', 'digit_7', 'digit_3'], saved['vocab']  # the old classes keep their places
+    assert (run_dir/'registry'/'versions.json').exists()
+    r = run('predict', run_dir/'model.pth', new/'valid'/'digit_3')
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert {l.split(',')[1] for l in r.stdout.splitlines()[1:]} <= {'digit_0', 'digit_1', 'digit_3', 'digit_7'}
+    r = run('update', '--data', new, '--model', tmp_path/'nowhere')
+    assert r.returncode == 2 and '--data needs --model' in r.stderr and len(r.stderr.strip().splitlines()) == 1
