@@ -91,3 +91,15 @@ def test_update_own_model_then_predict(trained, tmp_path):
     assert {l.split(',')[1] for l in r.stdout.splitlines()[1:]} <= {'digit_0', 'digit_1', 'digit_3', 'digit_7'}
     r = run('update', '--data', new, '--model', tmp_path/'nowhere')
     assert r.returncode == 2 and '--data needs --model' in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+def test_audit_honours_train_valid(tmp_path):
+    "`finetune_nb audit --data` on a folder with train/ and valid/ keeps the user's split: a near-copy across it is a leak"
+    import shutil, pandas as pd
+    data = write_digits(tmp_path/'split', split=True)
+    shutil.copy(data/'train'/'digit_7'/'1.png', data/'valid'/'digit_7'/'copy_of_1.png')
+    r = run('audit', '--data', data, '--folds', 2, '--size', 32, '--out', tmp_path/'o')
+    assert r.returncode == 0, r.stderr[-2000:]
+    bal = pd.read_csv(tmp_path/'o'/'balance.csv').set_index('class')
+    assert bal.valid.tolist() == [3, 3, 4] and bal.train.tolist() == [7, 7, 7], bal  # every 4th image, and the copy, in valid/
+    leaks = pd.read_csv(tmp_path/'o'/'leaks.csv')
+    assert any('train/digit_7/1.png' in t and 'valid/digit_7/copy_of_1.png' in v for t,v in zip(leaks.train_item, leaks.valid_item)), leaks
