@@ -59,7 +59,7 @@ class Phase:
             _renamed(f"Phase(groups={self.groups}) means the top {self.groups} groups: write Phase(top={self.groups}); groups=[{self.groups}] is group {self.groups} alone")
             self.top,self.groups = self.groups,None
         if self.top is not None and self.groups is not None: raise ValueError(f"Phase: give top or groups, not both (top={self.top!r}, groups={self.groups!r})")
-        if self.top is None and self.groups is None: self.top = 1
+        if self.top is None and self.groups in (None, 'all'): self.top,self.groups = ifnone(self.groups, 1),None  # one way to write each choice: 'all' is top='all'
 
 # %% ../nbs/04_schedule.ipynb #aa702da3
 @patch
