@@ -57,16 +57,18 @@ def finetune_learner(dls:DataLoaders, # Data, with `dls.c` classes
         return finetune_callbacks(vision_learner(dls, arch, pretrained=pretrained, metrics=metrics, splitter=splitter, **kwargs))
 
 # %% ../nbs/10_finetune.ipynb #bd2d9f97
-def _split_one_group(learn:Learner):
-    "Give a learner with one parameter group (fastai's default splitter) the layer groups `auto_splitter` finds, saying so"
+def _split_one_group(learn:Learner, n_max:int=4): # At most this many groups: a progressive schedule has a stage per group
+    "Give a learner with one parameter group (fastai's default splitter) at most `n_max` layer groups from `AutoSplitter`, saying so"
     if next(learn.model.parameters(), None) is None or learn.n_groups > 1: return  # `check` refuses a model without parameters
     try: n = len(auto_splitter(learn.model))
     except ValueError: n = 1
     if n < 2: return
-    learn.splitter = AutoSplitter(x=learn.dls)
+    k = min(n, n_max)  # VGG-16 has 14: 14 one-epoch stages are not a sensible default
+    learn.splitter = AutoSplitter(k, x=learn.dls)
     learn.create_opt()
-    warnings.warn(f"The learner had one parameter group, so nothing could be unfrozen gradually: it is split with auto_splitter into {n} groups "
-                  f"({', '.join(learn.group_names)}); give the Learner splitter=auto_splitter (or a splitter of your own) to choose yourself")
+    warnings.warn(f"The learner had one parameter group, so nothing could be unfrozen gradually: it is split with AutoSplitter({k}) into {learn.n_groups} groups "
+                  f"({', '.join(learn.group_names)})" + (f", merged from the {n} that auto_splitter finds" if n > k else "")
+                  + "; give the Learner splitter=AutoSplitter(n) (or a splitter of your own) to choose yourself")
 
 # %% ../nbs/10_finetune.ipynb #37a5da1a
 def _resplit(learn:Learner):
