@@ -18,7 +18,7 @@ from .guards import *
 from .adapters import *
 
 # %% auto #0
-__all__ = ['finetune_callbacks', 'finetune_learner']
+__all__ = ['finetune_callbacks', 'HFImageClassifier', 'is_hf_name', 'hf_image_model', 'finetune_learner']
 
 # %% ../nbs/10_finetune.ipynb #dad7c817
 def finetune_callbacks(learn:Learner) -> Learner:
@@ -39,9 +39,29 @@ def _fit_head(model:nn.Module, c:int) -> nn.Module:
                   f"it is replaced by a new Linear({last.in_features}, {c}), trained from scratch")
     return model
 
+# %% ../nbs/10_finetune.ipynb #74df4e28
+class HFImageClassifier(nn.Module):
+    "A Hugging Face image classifier as a plain PyTorch model: images in, logits out"
+    def __init__(self, model:nn.Module): super().__init__(); self.model = model
+    def forward(self, x): return self.model(pixel_values=x).logits
+
+# %% ../nbs/10_finetune.ipynb #1fc37b63
+def is_hf_name(arch) -> bool:
+    "Whether `arch` names a Hugging Face model: a folder with its `config.json`, or a hub id with its owner ('google/vit-base-patch16-224')"
+    if not isinstance(arch, str): return False
+    return (Path(arch)/'config.json').is_file() or (arch.count('/') == 1 and not Path(arch).exists() and ':' not in arch)
+
+def hf_image_model(name:str, # A hub id or a folder `save_pretrained` wrote
+                   n_out:int, # Classes of the new head
+                   pretrained:bool=True) -> HFImageClassifier: # `False`: the architecture with random weights
+    "A Hugging Face image classifier with a head for `n_out` classes"
+    from transformers import AutoConfig, AutoModelForImageClassification
+    if not pretrained: return HFImageClassifier(AutoModelForImageClassification.from_config(AutoConfig.from_pretrained(name, num_labels=n_out)))
+    return HFImageClassifier(AutoModelForImageClassification.from_pretrained(name, num_labels=n_out, ignore_mismatched_sizes=True))
+
 # %% ../nbs/10_finetune.ipynb #0c05b74f
 def finetune_learner(dls:DataLoaders, # Data, with `dls.c` classes
-                     arch='efficientnet_lite0', # 'efficientnet_lite0' (offline), any `vision_learner` architecture, or a model (`nn.Module`)
+                     arch='efficientnet_lite0', # 'efficientnet_lite0' (offline), any `vision_learner` architecture, a Hugging Face image classifier (hub id or folder), or a model (`nn.Module`)
                      n_groups:int|None=4, # Layer groups (head included); `None` keeps every group `auto_splitter` finds
                      pretrained:bool=True, # Start from pretrained weights (a model keeps the weights it has)
                      metrics=accuracy, # fastai metrics
@@ -51,6 +71,9 @@ def finetune_learner(dls:DataLoaders, # Data, with `dls.c` classes
     if isinstance(arch, nn.Module):
         c = getattr(dls, 'c', None)  # the number of classes; data without one leaves the model as it is
         return finetune_callbacks(Learner(dls, arch if c is None else _fit_head(arch, c), metrics=metrics, splitter=splitter, **kwargs))
+    if is_hf_name(arch):
+        with download_errors(arch): arch = hf_image_model(arch, dls.c, pretrained)
+        return finetune_callbacks(Learner(dls, arch, metrics=metrics, splitter=splitter, **kwargs))
     if arch == 'efficientnet_lite0':
         return finetune_callbacks(Learner(dls, efficientnet_lite0(dls.c, pretrained=pretrained), metrics=metrics, splitter=splitter, **kwargs))
     with download_errors(arch):
