@@ -643,6 +643,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument('--check', action='store_true', help="only check that README.md is up to date")
     dc = sub.add_parser('docs', help="Render every notebook to HTML in _docs/ (run in the repository)")
     dc.add_argument('--dest', default='_docs', help="output folder (default _docs)")
+    dc.add_argument('--execute', nargs='+', metavar='NOTEBOOK', help="re-execute these notebooks in place first (offline, seed 0, one thread), keeping their outputs")
     return p
 
 # %% ../nbs/19_cli.ipynb #4d5211af
@@ -699,8 +700,11 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.cmd == 'readme': return _readme(args.check)
     if args.cmd == 'docs':
-        from finetune_nb.docs import build_docs
-        print(f"Wrote {build_docs('nbs', args.dest)/'index.html'}"); return 0
+        from finetune_nb.docs import build_docs, refresh_outputs
+        try:
+            for nb in args.execute or []: print(f"Refreshed the outputs of {refresh_outputs(nb).name}", flush=True)
+            print(f"Wrote {build_docs('nbs', args.dest)/'index.html'}"); return 0
+        except FileNotFoundError as e: print(f"finetune_nb docs: error: {e}", file=sys.stderr); return 2
     if args.cmd in _commands: return _command(args.cmd, _commands[args.cmd][0], args)
     if args.cmd not in ('demo', 'train'): p.print_help(); return 0 if args.cmd is None else 2
     return _train_main(args.cmd, args)

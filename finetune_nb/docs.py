@@ -9,7 +9,7 @@ from pathlib import Path
 from fastcore.all import *
 
 # %% auto #0
-__all__ = ['readme_md', 'build_docs']
+__all__ = ['readme_md', 'reading_order', 'build_docs', 'clean_outputs', 'refresh_outputs']
 
 # %% ../nbs/15_docs.ipynb #24685608
 def _visible(cell) -> bool:
@@ -60,27 +60,108 @@ def _link_pages(html_text:str) -> str:
     html_text = re.sub(r'src="(?:\.\./)?nbs/images/', 'src="images/', html_text)
     return re.sub(r'href="(?:\.\./)?(?:nbs/)?([\w./-]+?)\.ipynb"', r'href="\1.html"', html_text)
 
+# %% ../nbs/15_docs.ipynb #cc739f12
+def reading_order(nbs_path:str|Path='nbs') -> list:
+    "Notebook names (no suffix) in `nbs_path`: `index` first, then in the order `index.ipynb` links them, then the rest sorted"
+    nbs_path = Path(nbs_path)
+    names = sorted(p.relative_to(nbs_path).with_suffix('').as_posix() for p in nbs_path.rglob('*.ipynb') if '.ipynb_checkpoints' not in p.parts)
+    idx = nbs_path/'index.ipynb'
+    linked = re.findall(r'\]\((?:nbs/)?([\w./-]+?)\.ipynb\)', idx.read_text()) if idx.exists() else []
+    return [n for n in dict.fromkeys(['index', *linked, *names]) if n in names]
+
 # %% ../nbs/15_docs.ipynb #5748cd98
 def build_docs(nbs_path:str|Path='nbs', # Folder of the notebooks
                dest:str|Path='_docs', # Folder for the HTML pages
               ) -> Path:
-    "Render every notebook in `nbs_path` to HTML in `dest`, with a contents page"
+    "Render every notebook in `nbs_path` to HTML in `dest`, outputs included, with a contents page in reading order"
     from nbconvert import HTMLExporter
     nbs_path,dest = Path(nbs_path),Path(dest)
+    order = reading_order(nbs_path) if nbs_path.is_dir() else []
+    if not order: raise FileNotFoundError(f"no notebooks in {nbs_path.resolve()}: run it in the repository's folder (the one with nbs/)")
     dest.mkdir(parents=True, exist_ok=True)
     exp = HTMLExporter(template_name='lab')
     if (nbs_path/'images').is_dir(): shutil.copytree(nbs_path/'images', dest/'images', dirs_exist_ok=True)
     links = []
-    for p in sorted(nbs_path.rglob('*.ipynb')):
-        if '.ipynb_checkpoints' in p.parts: continue
-        nb = nbformat.read(p, as_version=4)
+    for name in order:
+        nb = nbformat.read(nbs_path/f'{name}.ipynb', as_version=4)
         nb.cells = [c for c in nb.cells if _visible(c)]
         body,_ = exp.from_notebook_node(nb)
-        out = dest/p.relative_to(nbs_path).with_suffix('.html')
+        out = dest/f'{name}.html'
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(_link_pages(body))
-        links.append((out.relative_to(dest).as_posix(), _title(nb) or p.stem))
+        links.append((f'{name}.html', _title(nb) or Path(name).name))
     items = '\n'.join(f'<li><a href="{h}">{html.escape(t)}</a></li>' for h,t in links)
     (dest/'contents.html').write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>finetune_nb</title></head>"
                                       f"<body><h1>finetune_nb documentation</h1><ol>{items}</ol></body></html>")
     return dest
+
+# %% ../nbs/15_docs.ipynb #b972b4e3
+_WIDGET_MIMES = ('application/vnd.jupyter.widget-view+json', 'application/vnd.jupyter.widget-state+json')
+
+def _is_bar(text:str) -> bool:
+    "Whether `text` is (part of) a fastprogress bar, HTML or text"
+    return bool(re.search(r'<progress|\d+\.\d+% \[\d+/\d+ ', text))
+
+# %% ../nbs/15_docs.ipynb #8c16ccff
+def _scrub_paths(text:str, folder:Path) -> str:
+    "`text` with this machine's folders replaced: temporary ones by `tmp`, `folder` by `.`, its parent by `..`, home by `~`"
+    import tempfile
+    tmp = re.escape(str(Path(tempfile.gettempdir()).resolve()))
+    text = re.sub(rf'(?:/private)?{tmp}/[\w.-]+', 'tmp', text)
+    for p,r in ((folder, '.'), (folder.parent, '..'), (Path.home(), '~')):
+        if len(p.parts) > 1: text = re.sub(rf'{re.escape(str(p))}(?![\w.-])', r, text)
+    return text
+
+# %% ../nbs/15_docs.ipynb #a7948cae
+def clean_outputs(nb, folder:str|Path):
+    "Drop widget state and progress bars from the outputs of `nb`, and replace the folders of this machine (see `_scrub_paths`)"
+    folder,txt = Path(folder).resolve(),lambda v: ''.join(v) if isinstance(v, list) else v   # execnb keeps text as lines
+    for c in nb.cells:
+        if c.cell_type != 'code': continue
+        outs = []
+        for o in c.get('outputs', []):
+            if o.output_type == 'stream':
+                o.text = ''.join(l for l in txt(o.text).splitlines(True) if not _is_bar(l))
+                if not o.text.strip(): continue
+                o.text = _scrub_paths(o.text, folder)
+            elif o.output_type in ('display_data', 'execute_result'):
+                d = {k:txt(v) for k,v in o.get('data', {}).items() if k not in _WIDGET_MIMES}
+                if _is_bar(str(d.get('text/html', ''))) or not d or set(d) == {'text/plain'} and not d['text/plain'].strip(): continue
+                o.data = {k:(_scrub_paths(v, folder) if k.startswith('text/') and isinstance(v, str) else v) for k,v in d.items()}
+            elif o.output_type == 'error': o.traceback = [_scrub_paths(l, folder) for l in o.traceback]
+            outs.append(o)
+        c.outputs = outs
+    nb.metadata.pop('widgets', None)
+    return nb
+
+# %% ../nbs/15_docs.ipynb #65d764fa
+def _flags(cell) -> set:
+    "The flags on `cell`'s directive lines (`#| slow`), and `eval: false` as `no_eval`"
+    fl = set()
+    for m in re.finditer(r'^#\|\s*(.+)$', cell.source, re.M):
+        d = m.group(1).strip()
+        if re.fullmatch(r'eval:\s*false', d, re.I): fl.add('no_eval')
+        else: fl.update(d.split())
+    return fl
+
+def refresh_outputs(nb_path:str|Path, # The notebook to re-execute and save in place
+                    flags:list|tuple=(), # Flags from `tst_flags` whose cells run too (e.g. `['slow']`)
+                    seed:int=0, # Seed set before the first cell
+                   ) -> Path:
+    "Re-execute the notebook at `nb_path` in place as `nbdev_test` does (offline, seeded, one thread) and keep its cleaned outputs"
+    import os, torch
+    from execnb.shell import CaptureShell
+    from execnb.nbio import read_nb, write_nb
+    from nbdev.config import get_config
+    from nbdev.clean import nbdev_clean
+    nb_path = Path(nb_path).resolve()
+    skip = set(get_config().tst_flags.split()) - set(flags) | {'no_eval'}
+    for k in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE', 'HF_DATASETS_OFFLINE'): os.environ[k] = '1'
+    torch.set_num_threads(1)
+    nb,sh = read_nb(nb_path),CaptureShell(nb_path.parent, mpl_format='png')
+    sh._run(f"import matplotlib as _m; _m.rcParams['figure.dpi'] = 72\nfrom fastai.torch_core import set_seed as _s; _s({seed})")
+    def _skip(c): return c.cell_type != 'code' or 'nbdev_export'+'(' in c.source or bool(_flags(c) & skip)
+    with working_directory(nb_path.parent): sh.run_all(nb, exc_stop=True, preproc=_skip)
+    write_nb(clean_outputs(nb, nb_path.parent), nb_path)
+    nbdev_clean(fname=str(nb_path))
+    return nb_path
