@@ -102,6 +102,12 @@ def _is_bar(text:str) -> bool:
     "Whether `text` is (part of) a fastprogress bar, HTML or text"
     return bool(re.search(r'<progress|\d+\.\d+% \[\d+/\d+ ', text))
 
+def _drawn(line:str) -> str:
+    "What a terminal shows of `line` (no newline) after its carriage returns, or '' for a bar's leftovers"
+    segs = [s for s in line.split('\r') if s]
+    s = segs[-1].rstrip() if segs else ''
+    return '' if _is_bar(s) or not s.strip('█ ') or re.match(r'\s*Epoch \d+/\d+ :', s) else s.lstrip('█')
+
 # %% ../nbs/15_docs.ipynb #8c16ccff
 def _scrub_paths(text:str, folder:Path) -> str:
     "`text` with this machine's folders replaced: temporary ones by `tmp`, `folder` by `.`, its parent by `..`, home by `~`"
@@ -121,7 +127,7 @@ def clean_outputs(nb, folder:str|Path):
         outs = []
         for o in c.get('outputs', []):
             if o.output_type == 'stream':
-                o.text = ''.join(l for l in txt(o.text).splitlines(True) if not _is_bar(l))
+                o.text = ''.join(l + '\n' for l in map(_drawn, txt(o.text).split('\n')) if l)
                 if not o.text.strip(): continue
                 o.text = _scrub_paths(o.text, folder)
             elif o.output_type in ('display_data', 'execute_result'):
