@@ -644,6 +644,7 @@ def _parser() -> argparse.ArgumentParser:
     dc = sub.add_parser('docs', help="Render every notebook to HTML in _docs/ (run in the repository)")
     dc.add_argument('--dest', default='_docs', help="output folder (default _docs)")
     dc.add_argument('--execute', nargs='+', metavar='NOTEBOOK', help="re-execute these notebooks in place first (offline, seed 0, one thread), keeping their outputs")
+    dc.add_argument('--flags', nargs='+', default=[], metavar='FLAG', help="with --execute, also run the cells with these flags (e.g. slow), which nbdev_test skips")
     return p
 
 # %% ../nbs/19_cli.ipynb #4d5211af
@@ -702,7 +703,7 @@ def main(argv=None):
     if args.cmd == 'docs':
         from finetune_nb.docs import build_docs, refresh_outputs
         try:
-            for nb in args.execute or []: print(f"Refreshed the outputs of {refresh_outputs(nb).name}", flush=True)
+            for nb in args.execute or []: print(f"Refreshed the outputs of {refresh_outputs(nb, args.flags).name}", flush=True)
             print(f"Wrote {build_docs('nbs', args.dest)/'index.html'}"); return 0
         except FileNotFoundError as e: print(f"finetune_nb docs: error: {e}", file=sys.stderr); return 2
     if args.cmd in _commands: return _command(args.cmd, _commands[args.cmd][0], args)
