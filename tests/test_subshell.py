@@ -52,6 +52,7 @@ import os, time, json, math, threading, torch
 torch.set_num_threads(1)
 from fastai.basics import Callback
 from finetune_nb.all import *
+from finetune_nb.live import LiveView  # a building block: not in the star import
 from finetune_nb.test_utils import *
 from finetune_nb.extension import last_live_panel
 class Running(Callback):
