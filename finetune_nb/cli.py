@@ -208,13 +208,14 @@ def _train_learner(dls, arch:str, n_groups:int, precision, channels_last, compil
     from fastai.vision.all import ProgressCallback, LabelSmoothingCrossEntropyFlat
     from finetune_nb.finetune import finetune_learner
     from finetune_nb.models import OfflineError
+    from finetune_nb.progress import wants_plain_progress
     import finetune_nb.hardware, finetune_nb.report  # `Learner.to_hardware`, `Learner.record_baseline`
     import matplotlib; matplotlib.use('Agg')
     loss = LabelSmoothingCrossEntropyFlat(eps=label_smoothing) if label_smoothing else None  # None: fastai's loss for the labels
     try: learn = finetune_learner(dls, _arch_model(arch, dls.c), n_groups=n_groups, loss_func=loss)
     except OfflineError as e: raise CLIError(f"--arch {arch}: {e}") from None
     learn = learn.to_hardware(precision, channels_last, compile)
-    if quiet: learn.remove_cb(ProgressCallback)
+    if quiet or wants_plain_progress(): learn.remove_cb(ProgressCallback)  # no bars where they cannot be drawn: training prints plain lines (`_run`)
     if hasattr(learn, 'divergence_guard'): learn.divergence_guard.verbose = False  # the command says it in its own words
     learn.record_baseline()  # accuracy of the pretrained body with its new, untrained head
     return learn

@@ -25,7 +25,7 @@ def trained(tmp_path_factory):
     "One training run on a user's folder with train/ and valid/, shared by the tests that read what it wrote"
     tmp = tmp_path_factory.mktemp('train')
     data,out = write_digits(tmp/'imgs', split=True),tmp/'run'
-    r = run('train', data, '--epochs', 1, '--size', 32, '--bs', 8, '--out', out, '--quiet')
+    r = run('train', data, '--epochs', 1, '--size', 32, '--bs', 8, '--out', out)  # stdout is a pipe: plain lines, no bars
     return data, out, r
 
 def test_train_writes_model_export_report(trained):
@@ -33,6 +33,7 @@ def test_train_writes_model_export_report(trained):
     assert r.returncode == 0, r.stderr[-3000:]
     assert '3 classes: digit_0, digit_1, digit_7' in r.stdout and '21 train / 9 valid images' in r.stdout, r.stdout  # the user's split: every 4th image in valid/
     for f in ('model.pth', 'export.pkl', 'history.csv', 'training.png', 'summary.json', 'report/report.html'): assert (out/f).exists(), f
+    assert 'phase 0 (head)  epoch 1/1  train_loss' in r.stdout and '\r' not in r.stdout and '█' not in r.stdout  # a log file reads line by line
     assert not any(p.name.endswith('.pth') for p in data.rglob('*')), 'nothing written into the data folder'
 
 def test_export_predicts_without_finetune_nb(trained):
