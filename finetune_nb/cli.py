@@ -180,12 +180,19 @@ def _image_dls(data, size:int, bs:int, valid_pct:float, seed:int, stats, device=
 
 # %% ../nbs/19_cli.ipynb #7e599bc3
 def _arch_stats(arch:str):
-    "The normalisation statistics `arch` was pretrained with: EfficientNet-Lite0's 0.5 and 0.5 (a file it saved has them too), else ImageNet's"
+    "The normalisation statistics `arch` was pretrained with: EfficientNet-Lite0's 0.5 and 0.5 (a file it saved has them too), a Hugging Face model's own, else ImageNet's"
     from fastai.vision.all import imagenet_stats
     if arch == 'efficientnet_lite0': return ([0.5]*3, [0.5]*3)
     if Path(arch).suffix in ('.pth', '.pt'):
         from finetune_nb.saving import read_saved
         return tuple(read_saved(arch).get('stats') or imagenet_stats)
+    from finetune_nb.finetune import is_hf_name
+    if is_hf_name(arch):
+        try:
+            from transformers import AutoImageProcessor
+            pr = AutoImageProcessor.from_pretrained(arch)
+            return (list(pr.image_mean), list(pr.image_std))
+        except Exception: pass  # no image processor saved with it (or no network): ImageNet's, as most were trained with
     return imagenet_stats
 
 # %% ../nbs/19_cli.ipynb #d78c91b2
@@ -293,7 +300,7 @@ def _export(learn, out:Path):
 
 # %% ../nbs/19_cli.ipynb #9d9263dd
 def train(data:str|None=None, # Your images: a folder with a sub-folder per class, a folder with train/ and valid/, or a CSV of path,label (default: scikit-learn's digits)
-          arch:str='efficientnet_lite0', # efficientnet_lite0 (ImageNet weights, offline), a timm model name, or a model.pth that train wrote
+          arch:str='efficientnet_lite0', # efficientnet_lite0 (ImageNet weights, offline), a timm model name, a Hugging Face image classifier (hub id or saved folder), or a model.pth that train wrote
           epochs:int=3, # Epochs of the last phase (every group training)
           size:int=64, # Image size in pixels
           k_shot:int|None=None, # Training images per class, digits only (default: all, about 144)
@@ -570,12 +577,15 @@ def _predict_files(paths:list) -> list:
 def _predict_model(model:str):
     "The model `train` saved in `model`, in eval mode, and what it was saved with (classes, size, statistics)"
     from finetune_nb.saving import read_saved
+    from finetune_nb.finetune import is_hf_name, hf_image_model
     try: d = read_saved(model)
     except (ValueError, FileNotFoundError) as e: raise CLIError(str(e)) from None
     if not d.get('vocab') or not d.get('size'): raise CLIError(f"{model}: saved without its classes or image size; save it with finetune_nb train")
     if d.get('arch') == 'efficientnet_lite0':
         from finetune_nb.models import efficientnet_lite0
         m = efficientnet_lite0(len(d['vocab']), pretrained=False)
+    elif is_hf_name(d.get('arch')):
+        m = hf_image_model(d['arch'], len(d['vocab']), pretrained=False)  # its architecture, from the hub's or the folder's config
     else:
         from fastai.vision.all import create_vision_model
         m = create_vision_model(d['arch'], len(d['vocab']), pretrained=False)  # as `vision_learner` made it

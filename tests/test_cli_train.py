@@ -104,3 +104,16 @@ def test_audit_honours_train_valid(tmp_path):
     assert bal.valid.tolist() == [3, 3, 4] and bal.train.tolist() == [7, 7, 7], bal  # every 4th image, and the copy, in valid/
     leaks = pd.read_csv(tmp_path/'o'/'leaks.csv')
     assert any('train/digit_7/1.png' in t and 'valid/digit_7/copy_of_1.png' in v for t,v in zip(leaks.train_item, leaks.valid_item)), leaks
+
+def test_train_predict_hugging_face_folder(tmp_path):
+    "`--arch` a Hugging Face image classifier saved to a folder (offline, random weights): train, then predict with its architecture"
+    from transformers import ViTConfig, ViTForImageClassification
+    hf = tmp_path/'vit'
+    ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64)).save_pretrained(hf)
+    data = write_digits(tmp_path/'imgs', n=8)
+    r = run('train', data, '--arch', hf, '--epochs', 1, '--size', 32, '--bs', 8, '--out', tmp_path/'run', '--quiet')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f'Fine-tuning {hf} on {data} (3 classes' in r.stdout, r.stdout[:500]
+    r = run('predict', tmp_path/'run'/'model.pth', data/'digit_7')
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(r.stdout.splitlines()) == 9 and {l.split(',')[1] for l in r.stdout.splitlines()[1:]} <= {'digit_0', 'digit_1', 'digit_7'}
