@@ -294,7 +294,7 @@ def _train_data_learner(data, arch, size, bs, seed, k_shot, valid_pct, dev, n_gr
 # %% ../nbs/19_cli.ipynb #3428cf8a
 def _export(learn, out:Path):
     "Write fastai's export of `learn` (`load_learner` reads it where finetune_nb is not installed), or say in one line why there is none"
-    try: learn.export(out/'export.pkl')
+    try: learn.export((out/'export.pkl').resolve())  # absolute: fastai puts a relative name under `learn.path`, the data folder
     except Exception as e: print(f"No fastai export: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (model.pth holds the weights)"); return
     print(f"Saved fastai's export to {out/'export.pkl'}: load_learner reads it, and predicts, without finetune_nb.")
 
@@ -326,7 +326,7 @@ def train(data:str|None=None, # Your images: a folder with a sub-folder per clas
     if data is not None and (msg := _data_problem(data)): raise CLIError(msg)
     if data is not None and not 0 < valid_pct < 1: raise CLIError(f"--valid-pct must be between 0 and 1, got {valid_pct}")
     out = _prepare_out(out or ('finetune_demo' if data is None else 'finetune_run'), resume,
-                       dict(data=str(data), arch=arch, epochs=epochs, size=size, k_shot=k_shot, valid_pct=valid_pct, lr=lr, n_groups=n_groups, bs=bs,
+                       dict(data=str(Path(data).resolve()) if data is not None else None, arch=arch, epochs=epochs, size=size, k_shot=k_shot, valid_pct=valid_pct, lr=lr, n_groups=n_groups, bs=bs,
                             seed=seed, bn_policy=bn_policy, label_smoothing=label_smoothing))
     import torch
     n_threads = threads or default_threads()

@@ -5,8 +5,8 @@ import numpy as np, PIL.Image, pytest
 
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore'}
 
-def run(*args, timeout=600):
-    return subprocess.run(['finetune_nb', *map(str, args)], capture_output=True, text=True, env=ENV, timeout=timeout)
+def run(*args, timeout=600, cwd=None):
+    return subprocess.run(['finetune_nb', *map(str, args)], capture_output=True, text=True, env=ENV, timeout=timeout, cwd=cwd)
 
 def write_digits(root:Path, classes=(0, 1, 7), n=10, split=False) -> Path:
     "A user's folder: scikit-learn digits as 32 px PNGs, one sub-folder per class (under train/ and valid/ with `split`)"
@@ -25,13 +25,13 @@ def trained(tmp_path_factory):
     "One training run on a user's folder with train/ and valid/, shared by the tests that read what it wrote"
     tmp = tmp_path_factory.mktemp('train')
     data,out = write_digits(tmp/'imgs', split=True),tmp/'run'
-    r = run('train', data, '--epochs', 1, '--size', 32, '--bs', 8, '--out', out)  # stdout is a pipe: plain lines, no bars
+    r = run('train', 'imgs', '--epochs', 1, '--size', 32, '--bs', 8, '--out', 'run', cwd=tmp)  # DATA as a user types it; stdout is a pipe: plain lines, no bars
     return data, out, r
 
 def test_train_writes_model_export_report(trained):
     data,out,r = trained
     assert r.returncode == 0, r.stderr[-3000:]
-    assert '3 classes: digit_0, digit_1, digit_7' in r.stdout and '21 train / 9 valid images' in r.stdout, r.stdout  # the user's split: every 4th image in valid/
+    assert 'on imgs (3 classes: digit_0, digit_1, digit_7' in r.stdout and '21 train / 9 valid images' in r.stdout, r.stdout  # the user's split: every 4th image in valid/
     for f in ('model.pth', 'export.pkl', 'history.csv', 'training.png', 'summary.json', 'report/report.html'): assert (out/f).exists(), f
     assert 'phase 0 (head)  epoch 1/1  train_loss' in r.stdout and '\r' not in r.stdout and '█' not in r.stdout  # a log file reads line by line
     assert not any(p.name.endswith('.pth') for p in data.rglob('*')), 'nothing written into the data folder'
@@ -81,7 +81,7 @@ def test_update_own_model_then_predict(trained, tmp_path):
     data,out,_ = trained
     run_dir = tmp_path/'run'; shutil.copytree(out, run_dir)
     new = write_digits(tmp_path/'new', classes=(0, 1, 3, 7), n=24, split=True)
-    r = run('update', '--data', new, '--model', run_dir, '--epochs', 3, '--replay', 20, '--tol', 1, '--class-tol', 1, '--quiet')
+    r = run('update', '--data', new, '--model', run_dir, '--epochs', 3, '--replay', 20, '--tol', 1, '--class-tol', 1, '--quiet', cwd=tmp_path)  # not train's folder: its relative DATA was recorded as an absolute path
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'Saved the updated model (4 classes)' in r.stdout, r.stdout[-2000:]
     saved = torch.load(run_dir/'model.pth', weights_only=True)
