@@ -514,7 +514,6 @@ def _old_dls(old, size:int, bs:int, seed:int, stats, dev, opts:dict):
 # %% ../nbs/19_cli.ipynb #e59ca397
 def _update_folder(data:str, model:str, kw:dict, tols:tuple, dev:str, quiet:bool):
     "Update the model that `finetune_nb train` wrote in the folder `model` with the images in `data`; save it there if the gate keeps it"
-    from finetune_nb.registry import ModelRegistry
     from finetune_nb.update import UpdateGate, pct_table
     from finetune_nb.saving import torch_save_atomic, folder_lock
     run = Path(model)
